@@ -1,0 +1,42 @@
+# The two commands of the README (`make demo`, `make test`) each set up everything they need.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DATA := $(CURDIR)/data
+
+# Nothing this project starts may reach for the network: no usage telemetry from MLflow, Dagster
+# or anything that honours DO_NOT_TRACK.
+export MLFLOW_DISABLE_TELEMETRY := true
+export DO_NOT_TRACK := true
+export DAGSTER_DISABLE_TELEMETRY := true
+export DAGSTER_HOME := $(DATA)/dagster_home
+export COMPOSITIONAL_AI_DATA := $(DATA)
+# The pseudonym key is a secret in production; the demo uses a fixed, public one unless you set it.
+export COMPOSITIONAL_AI_PSEUDONYM_KEY ?= demo-only-not-a-secret
+
+.PHONY: setup demo dev test lint bench evaluate serve clean
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+setup: $(BIN)/.installed
+
+demo: setup
+	$(BIN)/compositional-ai demo
+
+dev: setup
+	$(BIN)/compositional-ai init-home
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+test: setup
+	$(BIN)/pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(DATA)/landing $(DATA)/warehouse.duckdb* $(DATA)/mlflow $(DATA)/dagster_home $(DATA)/reports
