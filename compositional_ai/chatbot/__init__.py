@@ -1,0 +1,1 @@
+"""The repair chatbot: turning transcripts into structured slots."""

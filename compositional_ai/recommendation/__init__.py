@@ -1,0 +1,1 @@
+"""Service recommendations for repair customers."""
