@@ -1,0 +1,165 @@
+"""The `model_registry` resource: MLflow tracking and model registry on a local store."""
+
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from dagster import ConfigurableResource
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+EXPERIMENT = "compositional_ai"
+CHAMPION = "champion"
+
+# MLflow infers a model's pip requirements by inspecting the environment, which is slow and warns
+# about torch's local "+cpu" label; the project's own requirements are stated instead.
+PIP_REQUIREMENTS = ["compositional-ai"]
+
+
+@dataclass(frozen=True)
+class RegisteredVersion:
+    """One registered model version and where it came from."""
+
+    name: str
+    version: str
+    run_id: str
+    aliases: tuple[str, ...]
+    metrics: dict[str, float]
+
+
+@contextmanager
+def _quiet_mlflow() -> Iterator[None]:
+    """Silence MLflow's advice about formats and type hints we chose deliberately."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*type hint is inferred as AnyType.*")
+        warnings.filterwarnings("ignore", message=".*pickle or cloudpickle format.*")
+        yield
+
+
+class NoChampionError(LookupError):
+    """Raised when a model is asked for by alias before any version carries it."""
+
+
+class ModelRegistry(ConfigurableResource):
+    """MLflow tracking server and model registry (a SQLite store and an artifact folder)."""
+
+    tracking_uri: str
+    artifact_root: str
+    experiment: str = EXPERIMENT
+
+    def setup_for_execution(self, context) -> None:
+        os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        os.environ.setdefault("DO_NOT_TRACK", "true")
+
+    def _activate(self) -> MlflowClient:
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
+        if mlflow.get_experiment_by_name(self.experiment) is None:
+            try:
+                mlflow.create_experiment(
+                    self.experiment, artifact_location=Path(self.artifact_root).resolve().as_uri()
+                )
+            except MlflowException:
+                # Another process created it between the lookup and the create.
+                pass
+        mlflow.set_experiment(self.experiment)
+        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+
+    @contextmanager
+    def training_run(
+        self, model_name: str, *, dagster_run_id: str, asset_key: str, params: dict[str, Any]
+    ) -> Iterator[mlflow.ActiveRun]:
+        """Open one MLflow run for one trained model, tagged with the Dagster run and asset."""
+        self._activate()
+        tags = {
+            "dagster_run_id": dagster_run_id,
+            "dagster_asset_key": asset_key,
+            "model_name": model_name,
+        }
+        with mlflow.start_run(run_name=f"{model_name}-{dagster_run_id[:8]}", tags=tags) as run:
+            mlflow.log_params({key: str(value)[:500] for key, value in params.items()})
+            yield run
+
+    def log_torch_model(self, model, model_name: str) -> str:
+        """Log a torch module in the active run and register it; return the new version."""
+        # Pickle format: the registry is the project's own local store, trusted like its code.
+        info = mlflow.pytorch.log_model(
+            model,
+            name="model",
+            registered_model_name=model_name,
+            serialization_format="pickle",
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+        return str(info.registered_model_version)
+
+    def log_sklearn_model(self, model, model_name: str) -> str:
+        """Log a scikit-learn estimator in the active run and register it; return the version."""
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            registered_model_name=model_name,
+            serialization_format="cloudpickle",
+            pip_requirements=PIP_REQUIREMENTS,
+        )
+        return str(info.registered_model_version)
+
+    def run_url(self, run_id: str) -> str:
+        experiment = self._activate().get_run(run_id).info.experiment_id
+        return f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/{run_id}"
+
+    def version_by_alias(self, model_name: str, alias: str = CHAMPION) -> RegisteredVersion:
+        """Return the version carrying `alias`, or raise NoChampionError naming what to run."""
+        client = self._activate()
+        try:
+            version = client.get_model_version_by_alias(model_name, alias)
+        except MlflowException:
+            raise NoChampionError(
+                f"no version of {model_name!r} carries the alias {alias!r} in {self.tracking_uri}:"
+                " materialize the model asset first"
+            ) from None
+        return self._describe(client, version)
+
+    def has_alias(self, model_name: str, alias: str = CHAMPION) -> bool:
+        try:
+            self.version_by_alias(model_name, alias)
+        except NoChampionError:
+            return False
+        return True
+
+    def set_alias(self, model_name: str, version: str, alias: str = CHAMPION) -> None:
+        self._activate().set_registered_model_alias(model_name, alias, version)
+
+    def versions(self, model_name: str) -> list[RegisteredVersion]:
+        """Every registered version of a model, oldest first (empty when none)."""
+        client = self._activate()
+        found = client.search_model_versions("name = :name".replace(":name", repr(model_name)))
+        # Search results leave aliases out; each version is read again to get them.
+        described = [
+            self._describe(client, client.get_model_version(version.name, version.version))
+            for version in found
+        ]
+        return sorted(described, key=lambda version: int(version.version))
+
+    def load_torch(self, model_name: str, version: str):
+        self._activate()
+        return mlflow.pytorch.load_model(f"models:/{model_name}/{version}", map_location="cpu")
+
+    def load_sklearn(self, model_name: str, version: str):
+        self._activate()
+        return mlflow.sklearn.load_model(f"models:/{model_name}/{version}")
+
+    @staticmethod
+    def _describe(client: MlflowClient, version) -> RegisteredVersion:
+        metrics = client.get_run(version.run_id).data.metrics if version.run_id else {}
+        return RegisteredVersion(
+            name=version.name,
+            version=str(version.version),
+            run_id=version.run_id or "",
+            aliases=tuple(version.aliases or ()),
+            metrics=dict(metrics),
+        )
