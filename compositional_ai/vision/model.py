@@ -1,0 +1,89 @@
+"""A compact CNN that grades solar-cell damage from one grayscale electroluminescence image.
+
+Sized for a 2-core CPU: a stride-2 stem, three stages of two 3x3 convolutions with BatchNorm, then
+average and max pooling over the whole map (a crack is small; max pooling keeps it from being
+averaged away). With the default width 16 it has about 0.3 M parameters.
+"""
+
+import torch
+from torch import nn
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class DamageCNN(nn.Module):
+    """Image [N, 1, H, W] (uint8 0..255 or float 0..1) -> class logits [N, num_classes].
+
+    The model scales and standardises each image itself (zero mean, unit variance per image),
+    so serving code feeds decoded pixels directly and camera exposure does not shift the input.
+    `image_size` is the side length the model was trained at; it is stored with the weights so
+    the serving code decodes photos at the same size.
+    """
+
+    def __init__(
+        self, num_classes: int, *, width: int = 16, dropout: float = 0.2, image_size: int = 96
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes}")
+        if width < 1:
+            raise ValueError(f"width must be >= 1, got {width}")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if image_size < 16:
+            raise ValueError(f"image_size must be >= 16 (four halvings), got {image_size}")
+        self.init_kwargs = {
+            "num_classes": num_classes,
+            "width": width,
+            "dropout": dropout,
+            "image_size": image_size,
+        }
+        self.num_classes = num_classes
+        self.image_size = image_size
+        w = width
+        self.features = nn.Sequential(
+            *_conv_bn_relu(1, w, stride=2),
+            *_conv_bn_relu(w, w),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(w, 2 * w),
+            *_conv_bn_relu(2 * w, 2 * w),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(2 * w, 4 * w),
+            *_conv_bn_relu(4 * w, 4 * w),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(4 * w, 8 * w),
+            *_conv_bn_relu(8 * w, 8 * w),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(2 * 8 * w, num_classes)
+
+    @staticmethod
+    def standardise(images: torch.Tensor) -> torch.Tensor:
+        """Scale uint8 to [0, 1], then give each image zero mean and unit variance."""
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        if images.ndim != 4 or images.shape[1] != 1:
+            raise ValueError(f"expected images [N, 1, H, W], got shape {tuple(images.shape)}")
+        x = images.float()
+        if images.dtype == torch.uint8:
+            x = x / 255.0
+        mean = x.mean(dim=(1, 2, 3), keepdim=True)
+        # The floor keeps a flat (blank) image at zero instead of amplifying its noise.
+        std = x.std(dim=(1, 2, 3), keepdim=True, correction=0).clamp_min(1e-3)
+        return (x - mean) / std
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        features = self.features(self.standardise(images))
+        pooled = torch.cat((features.mean(dim=(2, 3)), features.amax(dim=(2, 3))), dim=1)
+        return self.head(self.dropout(pooled))
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

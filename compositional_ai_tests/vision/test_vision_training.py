@@ -1,0 +1,259 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from compositional_ai.vision.metrics import classification_metrics
+from compositional_ai.vision.training import (
+    EpochRecord,
+    TrainConfig,
+    class_weights,
+    dihedral_augment,
+    fit,
+    model_from_bytes,
+    model_to_bytes,
+    predict_proba,
+    stratified_split,
+)
+
+SIZE = 32
+# Small and single-threaded so the whole file runs in seconds on a shared 2-core machine.
+FAST = TrainConfig(
+    image_size=SIZE,
+    epochs=8,
+    batch_size=32,
+    lr=3e-3,
+    width=8,
+    dropout=0.0,
+    num_threads=1,
+    max_seconds=None,
+    patience=8,
+)
+
+
+def synthetic_cells(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Noise cells; class 1 has a dark 8 x 8 patch somewhere, class 2 a dark full-length bar."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(110, 170, (n, SIZE, SIZE)).astype(np.uint8)
+    labels = np.arange(n) % 3
+    for i in np.flatnonzero(labels == 1):
+        row, col = rng.integers(2, SIZE - 10, 2)
+        images[i, row : row + 8, col : col + 8] = 20
+    for i in np.flatnonzero(labels == 2):
+        at = rng.integers(4, SIZE - 8)
+        if rng.random() < 0.5:
+            images[i, at : at + 3, :] = 20
+        else:
+            images[i, :, at : at + 3] = 20
+    return images, labels
+
+
+@pytest.fixture(scope="module")
+def trained():
+    images, labels = synthetic_cells(300, seed=0)
+    records: list[EpochRecord] = []
+    result = fit(images, labels, num_classes=3, config=FAST, on_epoch=records.append)
+    return result, records
+
+
+def test_training_learns_a_separable_problem(trained) -> None:
+    result, _ = trained
+    images, labels = synthetic_cells(150, seed=1)
+    predictions = predict_proba(result.model, images).argmax(1)
+    # A broken loop (no optimizer step, wrong labels, frozen weights) stays near 1/3.
+    assert classification_metrics(labels, predictions, 3)["accuracy"] >= 0.95
+
+
+def test_result_reports_the_run(trained) -> None:
+    result, records = trained
+    assert records == result.history
+    assert [r.epoch for r in result.history] == list(range(1, len(result.history) + 1))
+    assert 1 <= result.best_epoch <= len(result.history)
+    assert result.stopped_reason in ("completed", "early_stopping")
+    # 15 % of 100 per class is carved out for validation.
+    assert (result.num_train, result.num_val) == (255, 45)
+    assert result.history[0].train_loss > result.history[-1].train_loss
+    assert not result.model.training
+    assert result.train_seconds > 0
+
+
+def test_best_epoch_weights_are_the_ones_returned(trained) -> None:
+    result, _ = trained
+    best = result.history[result.best_epoch - 1]
+    assert best.val_loss == min(r.val_loss for r in result.history)
+
+
+def test_predict_proba_rows_are_distributions_and_mode_is_restored(trained) -> None:
+    result, _ = trained
+    images, _ = synthetic_cells(37, seed=2)
+    result.model.train()
+    proba = predict_proba(result.model, images, batch_size=10)
+    assert result.model.training
+    result.model.eval()
+    assert proba.shape == (37, 3)
+    assert np.allclose(proba.sum(axis=1), 1.0, atol=1e-12)
+    assert proba.min() >= 0.0
+    # Batching does not change the answer (eval-mode BatchNorm uses running statistics).
+    assert np.allclose(proba, predict_proba(result.model, images[:, None]), atol=1e-6)
+
+
+def test_model_bytes_round_trip_gives_equal_predictions(trained) -> None:
+    result, _ = trained
+    images, _ = synthetic_cells(20, seed=3)
+    restored = model_from_bytes(model_to_bytes(result.model))
+    assert restored.init_kwargs == {
+        "num_classes": 3,
+        "width": 8,
+        "dropout": 0.0,
+        "image_size": SIZE,
+    }
+    assert not restored.training
+    assert np.array_equal(predict_proba(restored, images), predict_proba(result.model, images))
+
+
+def test_model_from_bytes_refuses_other_files(tmp_path) -> None:
+    path = tmp_path / "other.pt"
+    torch.save({"weights": torch.zeros(3)}, path)
+    with pytest.raises(ValueError, match="not a"):
+        model_from_bytes(path.read_bytes())
+
+
+def test_same_seed_same_model_other_seed_other_model() -> None:
+    images, labels = synthetic_cells(90, seed=4)
+    config = dataclasses.replace(FAST, epochs=2)
+    first = fit(images, labels, num_classes=3, config=config)
+    second = fit(images, labels, num_classes=3, config=config)
+    third = fit(images, labels, num_classes=3, config=dataclasses.replace(config, seed=1))
+    losses = [[r.train_loss for r in run.history] for run in (first, second, third)]
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+    second_state = second.model.state_dict()
+    for name, tensor in first.model.state_dict().items():
+        assert torch.equal(tensor, second_state[name]), name
+
+
+def test_fit_leaves_global_torch_state_alone() -> None:
+    images, labels = synthetic_cells(60, seed=5)
+    torch.set_num_threads(2)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fit(images, labels, num_classes=3, config=dataclasses.replace(FAST, epochs=1))
+    assert torch.get_num_threads() == 2
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_time_budget_stops_training() -> None:
+    images, labels = synthetic_cells(120, seed=6)
+    config = dataclasses.replace(FAST, epochs=50, max_seconds=1e-3)
+    result = fit(images, labels, num_classes=3, config=config)
+    assert result.stopped_reason == "time_budget"
+    # The budget runs out inside the first epoch; that partial epoch is still validated.
+    assert len(result.history) == 1
+    assert result.best_epoch == 1
+
+
+def test_early_stopping_when_validation_never_improves() -> None:
+    # Blank images standardise to zeros, so every prediction is the same: accuracy is flat.
+    images = np.full((60, SIZE, SIZE), 128, np.uint8)
+    labels = np.arange(60) % 3
+    config = dataclasses.replace(FAST, epochs=20, patience=2, monitor="accuracy")
+    result = fit(images, labels, num_classes=3, config=config)
+    assert result.stopped_reason == "early_stopping"
+    assert (result.best_epoch, len(result.history)) == (1, 3)
+
+
+def test_without_validation_the_last_epoch_is_kept() -> None:
+    images, labels = synthetic_cells(60, seed=7)
+    config = dataclasses.replace(FAST, epochs=2, val_fraction=0.0)
+    result = fit(images, labels, num_classes=3, config=config)
+    assert (result.num_val, result.best_epoch, result.stopped_reason) == (0, 2, "completed")
+    assert result.history[-1].val_loss is None
+
+
+@pytest.mark.parametrize(
+    ("images", "labels", "message"),
+    [
+        # Decoded at another size than the config says.
+        (np.zeros((10, 16, 16), np.uint8), np.zeros(10, int), "image_size"),
+        # One label short.
+        (np.zeros((10, SIZE, SIZE), np.uint8), np.zeros(9, int), "labels"),
+        # A label outside 0..2.
+        (np.zeros((10, SIZE, SIZE), np.uint8), np.full(10, 3), "labels"),
+    ],
+)
+def test_fit_rejects_bad_inputs(images, labels, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        fit(images, labels, num_classes=3, config=FAST)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"epochs": 0},
+        # BatchNorm needs at least two images per batch.
+        {"batch_size": 1},
+        {"val_fraction": 1.0},
+        {"class_weighting": "inverse"},
+        {"monitor": "auc"},
+        {"max_seconds": 0},
+        {"image_size": 8},
+    ],
+)
+def test_config_validation(changes: dict) -> None:
+    with pytest.raises(ValueError):
+        dataclasses.replace(FAST, **changes)
+
+
+def test_dihedral_augment_keeps_each_image_at_its_index() -> None:
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (200, 1, 6, 6), dtype=np.uint8))
+    out = dihedral_augment(images, generator)
+    seen = set()
+    for i in range(len(images)):
+        variants = [
+            torch.rot90(v, k, dims=(-2, -1))
+            for v in (images[i], images[i].flip(-1))
+            for k in range(4)
+        ]
+        matches = [k for k, v in enumerate(variants) if torch.equal(out[i], v)]
+        # Image i comes out as a flip / rotation of image i, so its label still applies.
+        assert matches, f"image {i} is not a flip or rotation of its input"
+        seen.add(matches[0])
+    assert seen == set(range(8))
+
+
+def test_dihedral_augment_needs_square_images() -> None:
+    with pytest.raises(ValueError, match="square"):
+        dihedral_augment(torch.zeros(2, 1, 4, 6), torch.Generator())
+
+
+def test_stratified_split_takes_the_fraction_of_every_class() -> None:
+    labels = np.array([0] * 40 + [1] * 20 + [2] * 4)
+    rest, part = stratified_split(labels, 0.25, np.random.default_rng(0))
+    assert np.bincount(labels[part]).tolist() == [10, 5, 1]
+    assert np.array_equal(np.sort(np.concatenate([rest, part])), np.arange(64))
+
+
+@pytest.mark.parametrize(
+    ("weighting", "expected"),
+    [
+        # Counts 6 / 2 / 2: uniform weights.
+        ("none", [1.0, 1.0, 1.0]),
+        # Inverse frequency 10 / (3 * count) already averages 1 over the samples.
+        ("balanced", [10 / 18, 10 / 6, 10 / 6]),
+        # Square roots of those, rescaled so 6 * w0 + 4 * w1 = 10.
+        ("sqrt", [0.77350, 1.33975, 1.33975]),
+    ],
+)
+def test_class_weights(weighting: str, expected: list[float]) -> None:
+    labels = np.array([0] * 6 + [1] * 2 + [2] * 2)
+    weights = class_weights(labels, 3, weighting)
+    assert weights == pytest.approx(expected, rel=1e-4)
+    assert np.dot(weights, [6, 2, 2]) == pytest.approx(10.0)
+
+
+def test_class_weights_give_absent_classes_zero() -> None:
+    assert class_weights(np.array([0, 0, 1]), 3, "balanced")[2] == 0.0
