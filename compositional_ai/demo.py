@@ -1,0 +1,146 @@
+"""Run the whole graph on the demo landing data, the way the sensors would, in one process.
+
+The order is the one time imposes: reference data; each landing batch as the landing sensor
+requests it; the seed repair model once the workshop archive is in; then one retraining run, as
+the inference-partition sensor requests it.
+"""
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from dagster import DagsterInstance, Definitions, RunRequest, build_sensor_context
+
+from compositional_ai.definitions import build_definitions
+from compositional_ai.feedback.sensors import inference_partition_sensor
+from compositional_ai.repair_service.assets import REPAIR_MODEL
+from compositional_ai.resources.model_registry import CHAMPION
+from compositional_ai.settings import DataPaths
+from compositional_ai.warehouse.sensors import landing_batch_sensor
+
+logger = logging.getLogger("compositional_ai.demo")
+
+DAGSTER_YAML = """\
+# Written by compositional-ai. Nothing the project starts may reach for the network.
+telemetry:
+  enabled: false
+"""
+
+
+# Op names of the photo-model assets, which take a training configuration.
+SEED_MODEL_OP = "repair__repair_damage_model"
+RETRAINING_MODEL_OPS = ["feedback__repair_damage_model_next", "defect_detection__defect_detector"]
+
+
+class DemoRunFailed(RuntimeError):
+    """Raised when a run of the demo does not succeed; the message names the job and partition."""
+
+
+def init_dagster_home(paths: DataPaths) -> Path:
+    """Create the persistent Dagster home under the data directory, telemetry off."""
+    home = paths.dagster_home
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(DAGSTER_YAML, encoding="utf-8")
+    return home
+
+
+def _execute(
+    defs: Definitions,
+    instance: DagsterInstance,
+    job_name: str,
+    *,
+    partition_key: str | None = None,
+    tags: dict | None = None,
+    run_config: dict | None = None,
+) -> None:
+    job = defs.resolve_job_def(job_name)
+    label = f"{job_name}" + (f" [{partition_key}]" if partition_key else "")
+    logger.info("running %s", label)
+    result = job.execute_in_process(
+        instance=instance,
+        partition_key=partition_key,
+        tags=tags or {},
+        run_config=run_config or {},
+        raise_on_error=False,
+    )
+    if not result.success:
+        failures = [
+            f"{event.step_key}: {_root_cause(event.event_specific_data.error)}"
+            for event in result.all_events
+            if event.is_step_failure and event.event_specific_data.error
+        ]
+        raise DemoRunFailed(f"{label} failed (run {result.run_id}): {'; '.join(failures)}")
+
+
+def _root_cause(error) -> str:
+    """The innermost error of a Dagster step failure: the one a person needs to read."""
+    while error.cause is not None:
+        error = error.cause
+    return error.message.strip()
+
+
+def _sensor_requests(sensor, instance: DagsterInstance, defs: Definitions) -> list[RunRequest]:
+    resources = defs.resources or {}
+    context = build_sensor_context(instance=instance, resources=resources)
+    result = sensor(context)
+    if result is None or not hasattr(result, "run_requests"):
+        return []
+    for request in result.dynamic_partitions_requests or []:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return list(result.run_requests or [])
+
+
+def run_demo(
+    paths: DataPaths,
+    *,
+    training_run_config: dict | None = None,
+    on_step: Callable[[str], None] = logger.info,
+) -> None:
+    """Materialize every asset on the landing data under `paths`, in time order."""
+    os.environ.setdefault("DAGSTER_HOME", str(init_dagster_home(paths)))
+    instance = DagsterInstance.get()
+    defs = build_definitions(paths)
+    ops = training_run_config or {}
+
+    on_step("reference data: product catalog and evaluation holdout")
+    _execute(defs, instance, "reference_job")
+
+    batch_requests = _sensor_requests(landing_batch_sensor, instance, defs)
+    registry = defs.resources["model_registry"]
+    for request in sorted(batch_requests, key=lambda r: r.partition_key):
+        on_step(f"landing batch {request.partition_key}")
+        _execute(
+            defs,
+            instance,
+            "batch_job",
+            partition_key=request.partition_key,
+            tags=dict(request.tags),
+        )
+        if not registry.has_alias(REPAIR_MODEL, CHAMPION):
+            on_step("seed repair model from the workshop archive")
+            _execute(
+                defs,
+                instance,
+                "seed_model_job",
+                run_config=_ops_config(ops, [SEED_MODEL_OP]),
+            )
+
+    for request in _sensor_requests(inference_partition_sensor, instance, defs):
+        on_step("retraining on the inference logs")
+        _execute(
+            defs,
+            instance,
+            "retraining_job",
+            tags=dict(request.tags),
+            run_config=_ops_config(ops, RETRAINING_MODEL_OPS),
+        )
+
+
+def _ops_config(training: dict, op_names: list[str]) -> dict:
+    """Run config giving each named training op the same training settings (if any)."""
+    if not training:
+        return {}
+    return {"ops": {name: {"config": training} for name in op_names}}

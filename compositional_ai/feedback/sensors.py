@@ -1,0 +1,76 @@
+"""The inference-partition sensor: new inference-log partitions trigger one retraining run."""
+
+from dagster import (
+    AssetKey,
+    AssetRecordsFilter,
+    DefaultSensorStatus,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SensorResult,
+    SkipReason,
+    sensor,
+)
+
+from compositional_ai.jobs import retraining_job
+
+INFERENCE_LOGS = (AssetKey(["repair", "repair_inference_log"]),)
+PAGE = 1000
+# Every retraining run this sensor requests records the newest inference event it covers, so a
+# sensor whose cursor was lost or never set (a new instance, a reset) resumes from the runs.
+COVERED_EVENT_TAG = "compositional_ai/inference_event_covered"
+
+
+def covered_event(context: SensorEvaluationContext) -> int | None:
+    """The newest inference event that a retraining run already covers, from the cursor or runs."""
+    if context.cursor:
+        return int(context.cursor)
+    runs = context.instance.get_runs(filters=RunsFilter(job_name=retraining_job.name), limit=20)
+    covered = [int(run.tags[COVERED_EVENT_TAG]) for run in runs if COVERED_EVENT_TAG in run.tags]
+    return max(covered) if covered else None
+
+
+def new_inference_partitions(context: SensorEvaluationContext, after: int | None):
+    """Materializations of the inference logs stored after event `after`: (ids, partitions)."""
+    storage_ids, partitions = [], set()
+    for key in INFERENCE_LOGS:
+        cursor = None
+        while True:
+            result = context.instance.fetch_materializations(
+                AssetRecordsFilter(asset_key=key, after_storage_id=after),
+                limit=PAGE,
+                cursor=cursor,
+                ascending=True,
+            )
+            for record in result.records:
+                storage_ids.append(record.storage_id)
+                if record.partition_key is not None:
+                    partitions.add(record.partition_key)
+            if not result.has_more:
+                break
+            cursor = result.cursor
+    return storage_ids, sorted(partitions)
+
+
+@sensor(job=retraining_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
+def inference_partition_sensor(context: SensorEvaluationContext):
+    """Request exactly one retraining run for the inference-log partitions logged since the
+    last request; the cursor is the newest event already covered."""
+    after = covered_event(context)
+    storage_ids, partitions = new_inference_partitions(context, after)
+    if not storage_ids:
+        return SkipReason("no inference-log partitions since the last retraining request")
+    newest = max(storage_ids)
+    context.log.info(f"{len(storage_ids)} new inference-log materializations: {partitions}")
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                run_key=f"retrain-after-event-{newest}",
+                tags={
+                    "compositional_ai/inference_partitions": ",".join(partitions)[:4000],
+                    COVERED_EVENT_TAG: str(newest),
+                },
+            )
+        ],
+        cursor=str(newest),
+    )

@@ -1,0 +1,49 @@
+"""The jobs that sensors and the demo run: ingest a batch, bootstrap, retrain, reference data."""
+
+from dagster import AssetSelection, define_asset_job
+
+REFERENCE_ASSETS = AssetSelection.assets(
+    ["bronze", "product_catalog"],
+    ["silver", "product_catalog"],
+    ["bronze", "holdout_labels"],
+    ["bronze", "holdout_photos"],
+    ["silver", "holdout_photos"],
+)
+
+# One run per landing batch: landed files to bronze, silver, and the batch's inference logs.
+BATCH_ASSETS = (
+    AssetSelection.groups("bronze", "silver", "chatbot")
+    | AssetSelection.assets(["repair", "repair_inference_log"])
+) - REFERENCE_ASSETS
+
+SEED_MODEL_ASSETS = AssetSelection.assets(
+    ["gold", "confirmed_labels"],
+    ["repair", "repair_seed_training_set"],
+    ["repair", "repair_damage_model"],
+)
+
+RETRAINING_ASSETS = AssetSelection.groups("gold", "feedback", "defect_detection", "recommendation")
+
+reference_job = define_asset_job(
+    "reference_job",
+    selection=REFERENCE_ASSETS,
+    description="Load the product catalog and the evaluation holdout.",
+)
+
+batch_job = define_asset_job(
+    "batch_job",
+    selection=BATCH_ASSETS,
+    description="Ingest one landing batch through bronze and silver, and assess its requests.",
+)
+
+seed_model_job = define_asset_job(
+    "seed_model_job",
+    selection=SEED_MODEL_ASSETS,
+    description="Train the first repair model from the workshop archive's confirmed labels.",
+)
+
+retraining_job = define_asset_job(
+    "retraining_job",
+    selection=RETRAINING_ASSETS,
+    description="Rebuild gold, the training sets and the models from the inference logs.",
+)

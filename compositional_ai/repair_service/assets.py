@@ -1,0 +1,229 @@
+"""The repair service: the seed damage model and the log of every assessment it makes."""
+
+import time
+from datetime import UTC, datetime
+
+import numpy as np
+import polars as pl
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
+
+from compositional_ai.feedback.policy import PROMOTION_METRIC, promotion_decision
+from compositional_ai.repair_service.quotes import quote_usd
+from compositional_ai.repair_service.vision_models import (
+    VisionTrainingConfig,
+    photo_contents,
+    train_and_register,
+)
+from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
+from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.vision.images import decode_gray
+from compositional_ai.vision.training import predict_proba
+from compositional_ai.warehouse.partitions import landing_batches
+
+REPAIR_MODEL = "repair_damage_model"
+INFERENCE_BATCH_SIZE = 128
+
+INFERENCE_LOG_SCHEMA = {
+    "request_id": pl.String,
+    "batch": pl.String,
+    "source": pl.String,
+    "client_request_id": pl.String,
+    "status": pl.String,
+    "error": pl.String,
+    "model_name": pl.String,
+    "model_version": pl.String,
+    "input_sha256": pl.String,
+    "product_id": pl.String,
+    "predicted_level": pl.Int64,
+    "probabilities": pl.List(pl.Float64),
+    "confidence": pl.Float64,
+    "quote_usd": pl.Float64,
+    "latency_ms": pl.Float64,
+    "inferred_at": pl.Datetime("us", "UTC"),
+}
+
+
+@asset(
+    key_prefix="repair",
+    group_name="repair_service",
+    tags={"role": "training_set"},
+    ins={
+        "labels": AssetIn(key=["gold", "confirmed_labels"]),
+        "holdout": AssetIn(key=["silver", "holdout_photos"]),
+    },
+)
+def repair_seed_training_set(
+    context: AssetExecutionContext, labels: pl.DataFrame, holdout: pl.DataFrame
+) -> pl.DataFrame:
+    """The workshop archive's technician-labelled photos, which train the first repair model."""
+    seed = labels.filter(
+        (pl.col("channel") == "workshop")
+        & ~pl.col("photo_sha256").is_in(holdout["sha256"].implode())
+    ).select(
+        "request_id", "request_batch", "photo_sha256", "damage_level", "cell_type", "label_origin"
+    )
+    if seed.is_empty():
+        context.log.warning("no workshop-archive labels yet: the seed training set is empty")
+    context.add_output_metadata(
+        {
+            "by_level": MetadataValue.json(
+                seed.group_by("damage_level").len().sort("damage_level").to_dicts()
+            )
+        }
+    )
+    return seed
+
+
+def promote_if_not_worse(
+    context: AssetExecutionContext, registry: ModelRegistry, version: str, metrics: dict
+) -> dict:
+    """Make `version` champion unless it is worse than the current champion; say why."""
+    champion = (
+        registry.version_by_alias(REPAIR_MODEL, CHAMPION)
+        if registry.has_alias(REPAIR_MODEL, CHAMPION)
+        else None
+    )
+    decision = promotion_decision(
+        metrics[PROMOTION_METRIC],
+        champion.metrics.get(PROMOTION_METRIC) if champion else None,
+    )
+    if decision.promote:
+        registry.set_alias(REPAIR_MODEL, version, CHAMPION)
+    context.log.info(
+        f"{REPAIR_MODEL} v{version}: {'promoted' if decision.promote else 'not promoted'} "
+        f"({decision.reason})"
+    )
+    return {
+        "promoted": decision.promote,
+        "promotion_reason": decision.reason,
+        "champion_before": champion.version if champion else "none",
+        f"champion_{PROMOTION_METRIC}": MetadataValue.float(decision.champion)
+        if decision.champion is not None
+        else MetadataValue.text("none"),
+    }
+
+
+@asset(
+    key_prefix="repair",
+    group_name="repair_service",
+    tags={"role": "model"},
+    ins={
+        "training_set": AssetIn(key=["repair", "repair_seed_training_set"]),
+        "holdout": AssetIn(key=["silver", "holdout_photos"]),
+    },
+)
+def repair_damage_model(
+    context: AssetExecutionContext,
+    config: VisionTrainingConfig,
+    training_set: pl.DataFrame,
+    holdout: pl.DataFrame,
+    warehouse: Warehouse,
+    model_registry: ModelRegistry,
+) -> MaterializeResult:
+    """The seed repair model: a CNN grading damage 0-3, trained on the workshop archive."""
+    version, metrics, metadata = train_and_register(
+        context,
+        model_name=REPAIR_MODEL,
+        training_set=training_set,
+        label_column="damage_level",
+        num_classes=4,
+        holdout=holdout,
+        config=config,
+        warehouse=warehouse,
+        registry=model_registry,
+        lineage={"training_set": "repair/repair_seed_training_set", "inference_partitions": "none"},
+    )
+    metadata.update(promote_if_not_worse(context, model_registry, version, metrics))
+    return MaterializeResult(metadata=metadata)
+
+
+def assess(
+    requests: pl.DataFrame,
+    contents: list[bytes],
+    model,
+    *,
+    model_version: str,
+    catalog: pl.DataFrame,
+) -> pl.DataFrame:
+    """Grade each request's photo, quote the repair, and return inference-log rows."""
+    started = time.perf_counter()
+    images = decode_gray(contents, model.image_size)
+    proba = predict_proba(model, images, batch_size=INFERENCE_BATCH_SIZE)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    per_image_ms = elapsed_ms / max(len(contents), 1)
+    levels = proba.argmax(axis=1).astype(np.int64)
+    frame = requests.select(
+        "request_id", "batch", pl.col("photo_sha256").alias("input_sha256"), "product_id"
+    ).with_columns(
+        pl.lit("batch").alias("source"),
+        pl.lit(None, pl.String).alias("client_request_id"),
+        pl.lit("ok").alias("status"),
+        pl.lit(None, pl.String).alias("error"),
+        pl.lit(REPAIR_MODEL).alias("model_name"),
+        pl.lit(model_version).alias("model_version"),
+        pl.Series("predicted_level", levels),
+        pl.Series("probabilities", proba.astype(np.float64).tolist(), dtype=pl.List(pl.Float64)),
+        pl.Series("confidence", proba.max(axis=1).astype(np.float64)),
+        # Batch inference has no per-request timing: each row carries its share of the batch.
+        pl.lit(per_image_ms).alias("latency_ms"),
+        pl.lit(datetime.now(UTC)).alias("inferred_at"),
+    )
+    prices = catalog.select("product_id", "list_price_usd")
+    frame = frame.join(prices, on="product_id", how="left").with_columns(
+        quote_usd(pl.col("predicted_level"), pl.col("list_price_usd")).alias("quote_usd")
+    )
+    return frame.select(list(INFERENCE_LOG_SCHEMA)).cast(INFERENCE_LOG_SCHEMA)
+
+
+@asset(
+    key_prefix="repair",
+    group_name="repair_service",
+    partitions_def=landing_batches,
+    tags={"role": "inference_log"},
+    metadata={"partition_column": "batch"},
+    deps=[AssetKey(["repair", "repair_damage_model"])],
+    ins={
+        "requests": AssetIn(key=["silver", "repair_requests"]),
+        "catalog": AssetIn(key=["silver", "product_catalog"]),
+    },
+)
+def repair_inference_log(
+    context: AssetExecutionContext,
+    requests: pl.DataFrame,
+    catalog: pl.DataFrame,
+    warehouse: Warehouse,
+    model_registry: ModelRegistry,
+) -> pl.DataFrame:
+    """Every online repair assessment of a batch: the champion's grade, probabilities and quote.
+
+    The serving model is whichever version carries the registry alias `champion` when the batch
+    is assessed, and every row names that version.
+    """
+    online = requests.filter(pl.col("channel") == "online")
+    if online.is_empty():
+        context.log.info(f"batch {context.partition_key}: no online requests to assess")
+        return pl.DataFrame(schema=INFERENCE_LOG_SCHEMA)
+    champion = model_registry.version_by_alias(REPAIR_MODEL, CHAMPION)
+    model = model_registry.load_torch(REPAIR_MODEL, champion.version)
+    contents = photo_contents(warehouse, online["photo_sha256"])
+    log = assess(online, contents, model, model_version=champion.version, catalog=catalog)
+    context.log.info(
+        f"batch {context.partition_key}: {log.height} assessments by {REPAIR_MODEL} "
+        f"v{champion.version}"
+    )
+    context.add_output_metadata(
+        {
+            "model_version": champion.version,
+            "predicted_levels": MetadataValue.json(
+                log.group_by("predicted_level").len().sort("predicted_level").to_dicts()
+            ),
+        }
+    )
+    return log

@@ -1,0 +1,212 @@
+"""Train, evaluate and register a photo model; shared by the repair and defect model assets."""
+
+import hashlib
+import json
+from dataclasses import asdict
+
+import mlflow
+import numpy as np
+import polars as pl
+from dagster import AssetExecutionContext, Config, MetadataValue
+
+from compositional_ai.resources.model_registry import ModelRegistry
+from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.vision.images import decode_gray
+from compositional_ai.vision.metrics import (
+    classification_metrics,
+    four_class_to_binary_proba,
+    levels_to_binary,
+)
+from compositional_ai.vision.plots import confusion_matrix_png
+from compositional_ai.vision.training import TrainConfig, fit, predict_proba
+
+LEVEL_NAMES = ["level 0", "level 1", "level 2", "level 3"]
+BINARY_NAMES = ["functional", "defective"]
+
+
+class VisionTrainingConfig(Config):
+    """Training settings of a photo model; the defaults are the demo's."""
+
+    image_size: int = 96
+    epochs: int = 12
+    batch_size: int = 64
+    lr: float = 3e-3
+    width: int = 16
+    patience: int = 5
+    val_fraction: float = 0.15
+    class_weighting: str = "sqrt"
+    max_seconds: float = 300.0
+    seed: int = 0
+
+    def to_train_config(self) -> TrainConfig:
+        return TrainConfig(
+            image_size=self.image_size,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            width=self.width,
+            patience=self.patience,
+            val_fraction=self.val_fraction,
+            class_weighting=self.class_weighting,
+            max_seconds=self.max_seconds,
+            seed=self.seed,
+        )
+
+
+PHOTOS_BY_SHA_SQL = (
+    "select sha256, any_value(content) as content from silver.repair_photos "
+    "where sha256 in (select unnest($shas)) group by sha256"
+)
+
+
+def photo_contents(warehouse: Warehouse, shas: pl.Series) -> list[bytes]:
+    """The photo bytes for each sha256, in the given order, read from silver."""
+    unique = shas.unique().to_list()
+    found = warehouse.query(PHOTOS_BY_SHA_SQL, {"shas": unique}, purpose="read training photos")
+    by_sha = dict(zip(found["sha256"].to_list(), found["content"].to_list(), strict=True))
+    missing = [sha for sha in unique if sha not in by_sha]
+    if missing:
+        raise LookupError(f"{len(missing)} training photos are not in silver.repair_photos")
+    return [by_sha[sha] for sha in shas.to_list()]
+
+
+def frame_digest(frame: pl.DataFrame, columns: list[str]) -> str:
+    """A content digest of a training set, independent of row order."""
+    rows = frame.select(columns).sort(columns).write_csv()
+    return hashlib.sha256(rows.encode()).hexdigest()[:16]
+
+
+def evaluate(model, holdout: pl.DataFrame, *, binary_only: bool) -> tuple[dict, dict]:
+    """Holdout metrics (overall and by cell type) and the confusion matrices to plot."""
+    images = decode_gray(holdout["content"].to_list(), model.image_size)
+    proba = predict_proba(model, images)
+    levels = holdout["damage_level"].to_numpy()
+    true_binary = levels_to_binary(levels)
+    if binary_only:
+        predicted_binary = proba.argmax(axis=1)
+    else:
+        predicted_binary = (four_class_to_binary_proba(proba) >= 0.5).astype(np.int64)
+    binary = classification_metrics(true_binary, predicted_binary, 2)
+    metrics = {"binary_accuracy": binary["accuracy"], "binary_macro_f1": binary["macro_f1"]}
+    matrices = {"binary": binary["confusion_matrix"]}
+    if not binary_only:
+        four = classification_metrics(levels, proba.argmax(axis=1), 4)
+        metrics.update(four_class_accuracy=four["accuracy"], macro_f1=four["macro_f1"])
+        matrices["four_class"] = four["confusion_matrix"]
+        metrics["per_class"] = four["per_class"]
+    majority = np.bincount(levels, minlength=4).max() / len(levels)
+    metrics["majority_four_class_accuracy"] = float(majority)
+    metrics["majority_binary_accuracy"] = float(max(true_binary.mean(), 1 - true_binary.mean()))
+    cell_types = holdout["cell_type"].to_numpy()
+    for cell_type in np.unique(cell_types):
+        mask = cell_types == cell_type
+        metrics[f"binary_accuracy_{cell_type}"] = float(
+            (predicted_binary[mask] == true_binary[mask]).mean()
+        )
+        if not binary_only:
+            metrics[f"four_class_accuracy_{cell_type}"] = float(
+                (proba.argmax(axis=1)[mask] == levels[mask]).mean()
+            )
+    metrics["holdout_size"] = len(levels)
+    return metrics, matrices
+
+
+def matrix_markdown(matrix: list[list[int]], names: list[str]) -> str:
+    header = "| true \\ predicted | " + " | ".join(names) + " |"
+    rule = "|" + " --- |" * (len(names) + 1)
+    rows = [
+        f"| {name} | " + " | ".join(str(v) for v in row) + " |"
+        for name, row in zip(names, matrix, strict=True)
+    ]
+    return "\n".join([header, rule, *rows])
+
+
+def train_and_register(
+    context: AssetExecutionContext,
+    *,
+    model_name: str,
+    training_set: pl.DataFrame,
+    label_column: str,
+    num_classes: int,
+    holdout: pl.DataFrame,
+    config: VisionTrainingConfig,
+    warehouse: Warehouse,
+    registry: ModelRegistry,
+    lineage: dict,
+) -> tuple[str, dict, dict]:
+    """Train on the training set's photos, evaluate on the holdout, log to MLflow, register.
+
+    Returns the registered version, the holdout metrics, and Dagster metadata for the asset.
+    """
+    if training_set.is_empty():
+        raise ValueError(f"{model_name}: the training set is empty; nothing to train on")
+    train_config = config.to_train_config()
+    contents = photo_contents(warehouse, training_set["photo_sha256"])
+    images = decode_gray(contents, train_config.image_size)
+    labels = training_set[label_column].cast(pl.Int64).to_numpy()
+    context.log.info(f"{model_name}: training on {len(labels)} photos, {train_config}")
+
+    def on_epoch(record) -> None:
+        context.log.debug(f"{model_name} epoch {record.epoch}: {record.as_dict()}")
+
+    result = fit(images, labels, num_classes=num_classes, config=train_config, on_epoch=on_epoch)
+    metrics, matrices = evaluate(result.model, holdout, binary_only=num_classes == 2)
+    digest = frame_digest(training_set, ["photo_sha256", label_column])
+    names = BINARY_NAMES if num_classes == 2 else LEVEL_NAMES
+    primary = "binary" if num_classes == 2 else "four_class"
+    png = confusion_matrix_png(matrices[primary], names, f"{model_name} on the holdout")
+    scalar_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
+    scalar_metrics["train_seconds"] = result.train_seconds
+    with registry.training_run(
+        model_name,
+        dagster_run_id=context.run.run_id,
+        asset_key=context.asset_key.to_user_string(),
+        params={**asdict(train_config), "num_classes": num_classes, **lineage},
+    ) as run:
+        dataset = mlflow.data.from_pandas(
+            training_set.select("photo_sha256", label_column).to_pandas(),
+            name=f"{model_name}_training_set",
+            digest=digest,
+        )
+        mlflow.log_input(dataset, context="training")
+        holdout_dataset = mlflow.data.from_pandas(
+            holdout.select("sha256", "damage_level").to_pandas(),
+            name="elpv_holdout",
+            digest=frame_digest(holdout, ["sha256", "damage_level"]),
+        )
+        mlflow.log_input(holdout_dataset, context="evaluation")
+        mlflow.log_metrics(scalar_metrics)
+        for record in result.history:
+            values = {
+                k: v
+                for k, v in record.as_dict().items()
+                if isinstance(v, int | float) and k != "epoch"
+            }
+            mlflow.log_metrics(values, step=record.epoch)
+        mlflow.log_image(_png_image(png), "confusion_matrix.png")
+        mlflow.log_dict(metrics, "holdout_metrics.json")
+        version = registry.log_torch_model(result.model, model_name)
+        run_id = run.info.run_id
+    context.log.info(f"{model_name} v{version}: {json.dumps(scalar_metrics)}")
+    metadata = {
+        "model_name": model_name,
+        "model_version": version,
+        "mlflow_run_id": run_id,
+        "mlflow_run": MetadataValue.url(registry.run_url(run_id)),
+        "training_rows": len(labels),
+        "training_set_digest": digest,
+        "best_epoch": result.best_epoch,
+        "stopped_reason": result.stopped_reason,
+        **{key: MetadataValue.float(value) for key, value in scalar_metrics.items()},
+        "confusion_matrix": MetadataValue.md(matrix_markdown(matrices[primary], names)),
+        "lineage": MetadataValue.json(lineage),
+    }
+    return version, metrics, metadata
+
+
+def _png_image(png: bytes):
+    from io import BytesIO
+
+    from PIL import Image
+
+    return Image.open(BytesIO(png))

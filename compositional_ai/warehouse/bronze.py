@@ -1,0 +1,109 @@
+"""Bronze: each landed source exactly as it arrived, one row per line or file, with its origin."""
+
+import polars as pl
+from dagster import AssetExecutionContext, MetadataValue, asset
+
+from compositional_ai.landing import formats
+from compositional_ai.resources.landing import LandingArea
+from compositional_ai.warehouse.landing_files import (
+    batch_folder,
+    read_files,
+    read_lines,
+    ready_manifest,
+)
+from compositional_ai.warehouse.partitions import landing_batches
+
+TABLE = {"role": "table"}
+
+
+def _manifest_metadata(
+    context: AssetExecutionContext, frame: pl.DataFrame, manifest: dict, files: list[str]
+) -> None:
+    """Compare what was read with the lander's manifest; a mismatch is reported, not hidden."""
+    expected = manifest.get("files", {})
+    read = dict(frame.select("source_file", "file_sha256").unique().iter_rows())
+    mismatched = [name for name in files if name in read and expected.get(name) != read[name]]
+    if mismatched:
+        context.log.warning(
+            f"batch {context.partition_key}: {mismatched} differ from the _READY manifest"
+        )
+    context.add_output_metadata(
+        {
+            "batch": context.partition_key,
+            "files": MetadataValue.json(read),
+            "manifest_mismatches": MetadataValue.json(mismatched),
+        }
+    )
+
+
+def _line_source_asset(name: str, file_name: str, *, csv: bool):
+    @asset(
+        name=name,
+        key_prefix="bronze",
+        group_name="bronze",
+        partitions_def=landing_batches,
+        tags=TABLE,
+        metadata={"partition_column": "batch", "landing_file": file_name},
+    )
+    def _bronze_lines(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
+        folder = batch_folder(landing.batches, context.partition_key)
+        frame = read_lines(
+            folder / file_name, batch=context.partition_key, source_file=file_name, csv=csv
+        )
+        if not (folder / file_name).is_file():
+            context.log.warning(f"batch {context.partition_key} has no {file_name}")
+        _manifest_metadata(context, frame, ready_manifest(folder), [file_name])
+        context.log.info(f"batch {context.partition_key}: {frame.height} lines of {file_name}")
+        return frame
+
+    _bronze_lines.__doc__ = f"Every line of each batch's {file_name}, as landed."
+    return _bronze_lines
+
+
+repair_requests = _line_source_asset("repair_requests", formats.REQUESTS_FILE, csv=False)
+chat_transcripts = _line_source_asset("chat_transcripts", formats.CHATS_FILE, csv=False)
+customers = _line_source_asset("customers", formats.CUSTOMERS_FILE, csv=True)
+technician_outcomes = _line_source_asset("technician_outcomes", formats.OUTCOMES_FILE, csv=True)
+
+
+@asset(
+    key_prefix="bronze",
+    group_name="bronze",
+    partitions_def=landing_batches,
+    tags=TABLE,
+    metadata={"partition_column": "batch"},
+)
+def repair_photos(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
+    """Every file in each batch's photos folder, bytes and sha256 included."""
+    folder = batch_folder(landing.batches, context.partition_key)
+    frame = read_files(folder / formats.PHOTOS_DIR, batch=context.partition_key, relative_to=folder)
+    _manifest_metadata(context, frame, ready_manifest(folder), frame["source_file"].to_list())
+    context.log.info(f"batch {context.partition_key}: {frame.height} photo files")
+    return frame
+
+
+@asset(key_prefix="bronze", group_name="bronze", tags=TABLE)
+def product_catalog(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
+    """The product catalog's lines, as landed in the reference folder."""
+    path = landing.reference / formats.CATALOG_FILE
+    frame = read_lines(path, batch="reference", source_file=formats.CATALOG_FILE, csv=True)
+    context.log.info(f"{frame.height} catalog lines")
+    return frame
+
+
+@asset(key_prefix="bronze", group_name="bronze", tags=TABLE)
+def holdout_labels(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
+    """The evaluation holdout's label lines, as landed."""
+    path = landing.reference / formats.HOLDOUT_DIR / formats.HOLDOUT_LABELS_FILE
+    frame = read_lines(path, batch="reference", source_file="holdout/labels.csv", csv=True)
+    context.log.info(f"{frame.height} holdout label lines")
+    return frame
+
+
+@asset(key_prefix="bronze", group_name="bronze", tags=TABLE)
+def holdout_photos(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
+    """The evaluation holdout's photo files, bytes and sha256 included."""
+    folder = landing.reference / formats.HOLDOUT_DIR
+    frame = read_files(folder / formats.PHOTOS_DIR, batch="reference", relative_to=folder)
+    context.log.info(f"{frame.height} holdout photos")
+    return frame

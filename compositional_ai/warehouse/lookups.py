@@ -1,0 +1,40 @@
+"""Reads of already-written warehouse tables that validation needs across batches."""
+
+import polars as pl
+
+from compositional_ai.resources.warehouse import Warehouse
+
+EXISTS_SQL = (
+    "select count(*) as n from information_schema.tables "
+    "where table_schema = $schema and table_name = $table"
+)
+
+
+def table_exists(warehouse: Warehouse, schema: str, table: str) -> bool:
+    found = warehouse.query(EXISTS_SQL, {"schema": schema, "table": table}, purpose="lookup")
+    return bool(found["n"][0])
+
+
+def column_values(
+    warehouse: Warehouse,
+    schema: str,
+    table: str,
+    column: str,
+    *,
+    batches_before: str | None,
+    include_batch: bool = False,
+) -> pl.Series:
+    """Distinct values of one column in the batches ordered before `batches_before`.
+
+    Batches order by their key, which for the demo's ISO-date keys is landing order.
+    """
+    if not table_exists(warehouse, schema, table):
+        return pl.Series(column, [], dtype=pl.String)
+    comparison = "<=" if include_batch else "<"
+    # Identifiers cannot be bound parameters; these come from code constants, not from data.
+    sql = (
+        f'select distinct "{column}" as value from "{schema}"."{table}" '
+        f"where batch {comparison} $batch"
+    )
+    frame = warehouse.query(sql, {"batch": batches_before}, purpose=f"lookup {schema}.{table}")
+    return frame["value"].cast(pl.String).alias(column)

@@ -1,0 +1,226 @@
+"""Silver: typed, validated, deduplicated and pseudonymised; every rejected row is quarantined."""
+
+from datetime import UTC, datetime
+
+import polars as pl
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    MetadataValue,
+    Output,
+    asset,
+    multi_asset,
+)
+
+from compositional_ai.lib.pseudonym import pseudonym_key_from_env
+from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.warehouse import validation
+from compositional_ai.warehouse.lookups import column_values
+from compositional_ai.warehouse.partitions import landing_batches
+from compositional_ai.warehouse.privacy import withhold_personal_records
+
+TABLE = {"role": "table"}
+BATCH_METADATA = {"partition_column": "batch"}
+CONSERVATION_CHECK = "bronze_rows_accounted_for"
+
+# Each bronze source, the silver table its clean rows go to, and its `source` in quarantine.
+SOURCES = {
+    "repair_photos": ("repair_photos", "repair_photos"),
+    "repair_requests": ("repair_requests", "repair_requests"),
+    "customers": ("customers", "customers"),
+    "technician_outcomes": ("technician_outcomes", "technician_outcomes"),
+}
+
+
+def conservation(
+    bronze_rows: dict[str, int], validated: dict[str, validation.Validated]
+) -> AssetCheckResult:
+    """Check that every bronze row of every source is in silver or in quarantine, once."""
+    figures = {}
+    for source, landed in bronze_rows.items():
+        clean = validated[source].clean.height
+        quarantined = validated[source].quarantine.height
+        figures[source] = {
+            "bronze": landed,
+            "silver": clean,
+            "quarantine": quarantined,
+            "unaccounted": landed - clean - quarantined,
+        }
+    passed = all(figure["unaccounted"] == 0 for figure in figures.values())
+    return AssetCheckResult(
+        check_name=CONSERVATION_CHECK,
+        asset_key=AssetKey(["silver", "quarantine"]),
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            f"{source}_{name}": value
+            for source, figure in figures.items()
+            for name, value in figure.items()
+        },
+    )
+
+
+@multi_asset(
+    outs={
+        "repair_photos": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
+        "repair_requests": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
+        "customers": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
+        "technician_outcomes": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
+        "quarantine": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
+    },
+    ins={
+        "bronze_photos": AssetIn(key=["bronze", "repair_photos"]),
+        "bronze_requests": AssetIn(key=["bronze", "repair_requests"]),
+        "bronze_customers": AssetIn(key=["bronze", "customers"]),
+        "bronze_outcomes": AssetIn(key=["bronze", "technician_outcomes"]),
+        "catalog": AssetIn(key=["silver", "product_catalog"]),
+    },
+    partitions_def=landing_batches,
+    group_name="silver",
+    check_specs=[
+        AssetCheckSpec(
+            CONSERVATION_CHECK,
+            asset=AssetKey(["silver", "quarantine"]),
+            blocking=True,
+            description="Per batch, bronze rows = silver rows + quarantined rows, per source.",
+        )
+    ],
+    can_subset=False,
+)
+def silver_batch(
+    context: AssetExecutionContext,
+    warehouse: Warehouse,
+    bronze_photos: pl.DataFrame,
+    bronze_requests: pl.DataFrame,
+    bronze_customers: pl.DataFrame,
+    bronze_outcomes: pl.DataFrame,
+    catalog: pl.DataFrame,
+):
+    """Validate one landing batch into silver tables and one quarantine table."""
+    batch = context.partition_key
+    key = pseudonym_key_from_env()
+    now = datetime.now(UTC)
+    photos = validation.validate_photos(bronze_photos)
+    customers = validation.validate_customers(bronze_customers, pseudonym_key=key)
+    known_customers = pl.concat(
+        [
+            column_values(warehouse, "silver", "customers", "customer_id", batches_before=batch),
+            customers.clean["customer_id"],
+        ]
+    )
+    requests = validation.validate_requests(
+        bronze_requests,
+        photos=validation.photo_status(photos),
+        product_ids=catalog["product_id"],
+        customer_ids=known_customers,
+        earlier_request_ids=column_values(
+            warehouse, "silver", "repair_requests", "request_id", batches_before=batch
+        ),
+        pseudonym_key=key,
+        now=now,
+    )
+    known_requests = pl.concat(
+        [
+            column_values(
+                warehouse, "silver", "repair_requests", "request_id", batches_before=batch
+            ),
+            requests.clean["request_id"],
+        ]
+    )
+    outcomes = validation.validate_outcomes(
+        bronze_outcomes,
+        known_request_ids=known_requests,
+        earlier_outcome_ids=column_values(
+            warehouse, "silver", "technician_outcomes", "request_id", batches_before=batch
+        ),
+        now=now,
+    )
+    validated = {
+        "repair_photos": photos,
+        "repair_requests": requests,
+        "customers": customers,
+        "technician_outcomes": outcomes,
+    }
+    quarantine = withhold_personal_records(
+        pl.concat([result.quarantine for result in validated.values()])
+    )
+    bronze_rows = {
+        "repair_photos": bronze_photos.height,
+        "repair_requests": bronze_requests.height,
+        "customers": bronze_customers.height,
+        "technician_outcomes": bronze_outcomes.height,
+    }
+    check = conservation(bronze_rows, validated)
+    for name, result in validated.items():
+        context.log.info(
+            f"batch {batch}: {name} {bronze_rows[name]} landed -> {result.clean.height} silver, "
+            f"{result.quarantine.height} quarantined"
+        )
+        yield Output(result.clean, output_name=name)
+    reasons = (
+        quarantine.group_by("source", "reason").len().sort("source", "reason")
+        if quarantine.height
+        else quarantine.select("source", "reason")
+    )
+    yield Output(
+        quarantine,
+        output_name="quarantine",
+        metadata={f"{row[0]}/{row[1]}": row[2] for row in reasons.iter_rows()}
+        if quarantine.height
+        else {},
+    )
+    yield check
+
+
+@asset(
+    key_prefix="silver",
+    group_name="silver",
+    tags=TABLE,
+    ins={"bronze_catalog": AssetIn(key=["bronze", "product_catalog"])},
+)
+def product_catalog(context: AssetExecutionContext, bronze_catalog: pl.DataFrame) -> pl.DataFrame:
+    """The product catalog, typed; unparsable listings are counted in the metadata."""
+    result = validation.validate_catalog(bronze_catalog)
+    if result.quarantine.height:
+        context.log.warning(f"{result.quarantine.height} catalog lines rejected")
+    context.add_output_metadata(
+        {
+            "rejected_lines": result.quarantine.height,
+            "rejections": result.quarantine.group_by("reason").len().to_dicts()
+            if result.quarantine.height
+            else [],
+        }
+    )
+    return result.clean
+
+
+@asset(
+    key_prefix="silver",
+    group_name="silver",
+    tags=TABLE,
+    ins={
+        "labels": AssetIn(key=["bronze", "holdout_labels"]),
+        "photos": AssetIn(key=["bronze", "holdout_photos"]),
+    },
+)
+def holdout_photos(
+    context: AssetExecutionContext, labels: pl.DataFrame, photos: pl.DataFrame
+) -> pl.DataFrame:
+    """The fixed evaluation holdout: photos with their expert labels, used only for evaluation."""
+    result = validation.validate_holdout(labels, photos)
+    if result.quarantine.height:
+        context.log.warning(f"{result.quarantine.height} holdout labels rejected")
+    context.add_output_metadata(
+        {
+            "rejected_labels": result.quarantine.height,
+            "by_level": MetadataValue.json(
+                result.clean.group_by("damage_level").len().sort("damage_level").to_dicts()
+            ),
+        }
+    )
+    return result.clean

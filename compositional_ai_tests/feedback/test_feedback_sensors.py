@@ -1,0 +1,68 @@
+"""The inference-partition sensor: new inference-log partitions request exactly one run."""
+
+import pytest
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    DagsterInstance,
+    SkipReason,
+    build_sensor_context,
+)
+
+from compositional_ai.feedback.sensors import COVERED_EVENT_TAG, inference_partition_sensor
+
+LOG = AssetKey(["repair", "repair_inference_log"])
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+def _log_partitions(instance, *partitions):
+    for partition in partitions:
+        instance.report_runless_asset_event(AssetMaterialization(LOG, partition=partition))
+
+
+def _tick(instance, cursor):
+    result = inference_partition_sensor(build_sensor_context(instance=instance, cursor=cursor))
+    if isinstance(result, SkipReason):
+        return [], cursor
+    return result.run_requests, result.cursor
+
+
+def test_one_run_per_new_data_and_none_without(instance):
+    requests, cursor = _tick(instance, None)
+    assert requests == [] and cursor is None
+
+    _log_partitions(instance, "2026-01-12", "2026-01-19")
+    requests, cursor = _tick(instance, None)
+
+    assert len(requests) == 1
+    assert requests[0].tags["compositional_ai/inference_partitions"] == "2026-01-12,2026-01-19"
+    newest = max(
+        record.storage_id for record in instance.fetch_materializations(LOG, limit=10).records
+    )
+    assert cursor == str(newest)
+    assert requests[0].tags[COVERED_EVENT_TAG] == str(newest)
+    assert requests[0].run_key == f"retrain-after-event-{newest}"
+
+    # Ticks with nothing new request nothing and keep the cursor.
+    for _ in range(3):
+        again, same = _tick(instance, cursor)
+        assert again == [] and same == cursor
+
+    # A re-materialized partition is new data: one more run, covering only it.
+    _log_partitions(instance, "2026-01-19")
+    requests, later = _tick(instance, cursor)
+    assert len(requests) == 1 and int(later) > int(cursor)
+    assert requests[0].tags["compositional_ai/inference_partitions"] == "2026-01-19"
+
+
+def test_other_assets_do_not_trigger_retraining(instance):
+    instance.report_runless_asset_event(AssetMaterialization(AssetKey(["silver", "customers"])))
+
+    requests, cursor = _tick(instance, None)
+
+    assert requests == [] and cursor is None

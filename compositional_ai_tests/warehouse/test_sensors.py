@@ -1,0 +1,87 @@
+"""The landing sensor: a complete batch folder becomes one partition and one run, once."""
+
+import json
+
+import pytest
+from dagster import DagsterInstance, SkipReason, build_sensor_context
+
+from compositional_ai.landing import formats
+from compositional_ai.resources.landing import LandingArea
+from compositional_ai.warehouse.partitions import landing_batches
+from compositional_ai.warehouse.sensors import batch_run_key, landing_batch_sensor
+
+
+def _land(root, batch, *, ready=True):
+    folder = root / "batches" / batch
+    folder.mkdir(parents=True)
+    (folder / formats.REQUESTS_FILE).write_text("")
+    if ready:
+        (folder / formats.READY_MARKER).write_text(json.dumps({"batch_id": batch}))
+
+
+def _tick(instance, landing, cursor):
+    context = build_sensor_context(instance=instance, cursor=cursor, resources={"landing": landing})
+    result = landing_batch_sensor(context)
+    if isinstance(result, SkipReason):
+        return [], cursor, result
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
+    return result.run_requests, result.cursor, None
+
+
+@pytest.fixture
+def instance():
+    with DagsterInstance.ephemeral() as ephemeral:
+        yield ephemeral
+
+
+def test_each_ready_batch_is_requested_exactly_once(tmp_path, instance):
+    landing = LandingArea(root=str(tmp_path))
+    _land(tmp_path, "2026-01-05")
+    _land(tmp_path, "2026-01-12")
+    _land(tmp_path, "2026-01-19", ready=False)
+
+    requests, cursor, _ = _tick(instance, landing, None)
+
+    assert [r.partition_key for r in requests] == ["2026-01-05", "2026-01-12"]
+    assert [r.run_key for r in requests] == [
+        batch_run_key("2026-01-05"),
+        batch_run_key("2026-01-12"),
+    ]
+    assert json.loads(cursor) == ["2026-01-05", "2026-01-12"]
+    assert instance.get_dynamic_partitions(landing_batches.name) == ["2026-01-05", "2026-01-12"]
+
+    again, same_cursor, skip = _tick(instance, landing, cursor)
+    assert again == [] and same_cursor == cursor and "none new" in skip.skip_message
+
+    (tmp_path / "batches" / "2026-01-19" / formats.READY_MARKER).write_text("{}")
+    later, later_cursor, _ = _tick(instance, landing, cursor)
+    assert [r.partition_key for r in later] == ["2026-01-19"]
+    assert json.loads(later_cursor) == ["2026-01-05", "2026-01-12", "2026-01-19"]
+
+
+def test_a_lost_cursor_does_not_re_request_ingested_batches(tmp_path, instance):
+    landing = LandingArea(root=str(tmp_path))
+    _land(tmp_path, "2026-01-05")
+    _tick(instance, landing, None)
+
+    # A reset sensor starts with no cursor; the partition it added earlier still exists.
+    requests, _, skip = _tick(instance, landing, None)
+
+    assert requests == [] and skip is not None
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".tmp-2026-01-26",  # a batch still being written under its temporary name
+        "2026-01-26",  # a folder whose _READY marker has not been written yet
+    ],
+)
+def test_incomplete_batches_are_not_requested(tmp_path, instance, name):
+    landing = LandingArea(root=str(tmp_path))
+    _land(tmp_path, name, ready=name.startswith("."))
+
+    requests, cursor, skip = _tick(instance, landing, None)
+
+    assert requests == [] and cursor is None and skip is not None
