@@ -87,7 +87,12 @@ def repair_volume_weekly(
             pl.col("quote_accepted").fill_null(False).sum().alias("accepted"),
             pl.col("quote_usd").mean().round(2).alias("mean_quote_usd"),
         )
-        .with_columns((pl.col("accepted") / pl.col("decided")).round(4).alias("acceptance_rate"))
+        .with_columns(
+            # A week without decisions yet has no acceptance rate, rather than 0 % or NaN.
+            pl.when(pl.col("decided") > 0)
+            .then((pl.col("accepted") / pl.col("decided")).round(4))
+            .alias("acceptance_rate")
+        )
         .sort("week", "product_line")
     )
 
