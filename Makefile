@@ -14,7 +14,7 @@ export COMPOSITIONAL_AI_DATA := $(DATA)
 # The pseudonym key is a secret in production; the demo uses a fixed, public one unless you set it.
 export COMPOSITIONAL_AI_PSEUDONYM_KEY ?= demo-only-not-a-secret
 
-.PHONY: setup demo dev test lint bench evaluate serve clean
+.PHONY: setup demo dev mlflow test lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: setup
 dev: setup
 	$(BIN)/compositional-ai init-home
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# The MLflow UI over the demo's registry; the model assets' metadata links to its runs.
+mlflow: setup
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(DATA)/mlflow/mlflow.db -h 127.0.0.1 -p 5000
 
 test: setup
 	$(BIN)/pytest

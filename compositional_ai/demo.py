@@ -63,7 +63,12 @@ def _execute(
         instance=instance,
         partition_key=partition_key,
         tags=tags or {},
-        run_config=run_config or {},
+        # The demo prints its own progress; Dagster's console shows only warnings and errors,
+        # while every event still goes to the instance for the UI.
+        run_config={
+            **(run_config or {}),
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
+        },
         raise_on_error=False,
     )
     if not result.success:
