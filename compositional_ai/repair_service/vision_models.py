@@ -164,13 +164,13 @@ def train_and_register(
         params={**asdict(train_config), "num_classes": num_classes, **lineage},
     ) as run:
         dataset = mlflow.data.from_pandas(
-            training_set.select("photo_sha256", label_column).to_pandas(),
+            training_set.select("photo_sha256", pl.col(label_column).cast(pl.Float64)).to_pandas(),
             name=f"{model_name}_training_set",
             digest=digest,
         )
         mlflow.log_input(dataset, context="training")
         holdout_dataset = mlflow.data.from_pandas(
-            holdout.select("sha256", "damage_level").to_pandas(),
+            holdout.select("sha256", pl.col("damage_level").cast(pl.Float64)).to_pandas(),
             name="elpv_holdout",
             digest=frame_digest(holdout, ["sha256", "damage_level"]),
         )
