@@ -14,7 +14,7 @@ export COMPOSITIONAL_AI_DATA := $(DATA)
 # The pseudonym key is a secret in production; the demo uses a fixed, public one unless you set it.
 export COMPOSITIONAL_AI_PSEUDONYM_KEY ?= demo-only-not-a-secret
 
-.PHONY: setup demo dev mlflow test lint clean
+.PHONY: setup demo dev mlflow serve test lint clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: setup
 dev: setup
 	$(BIN)/compositional-ai init-home
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+
+# The repair service over HTTP, serving the registry's champion (after `make demo`).
+serve: setup
+	$(BIN)/compositional-ai serve --host 127.0.0.1 --port 8000
 
 # The MLflow UI over the demo's registry; the model assets' metadata links to its runs.
 mlflow: setup

@@ -62,6 +62,13 @@ def _demo(args: argparse.Namespace, paths: DataPaths) -> None:
     )
 
 
+def _serve(args: argparse.Namespace, paths: DataPaths) -> None:
+    from compositional_ai.repair_service.server import serve
+
+    print(f"repair service on http://{args.host}:{args.port} (OpenAPI: /openapi.json)")
+    serve(args.host, args.port, paths)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="compositional-ai", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +98,10 @@ def main(argv: list[str] | None = None) -> None:
     ).set_defaults(run=_demo)
     commands.add_parser("summary", help="print and write the summary").set_defaults(run=_summary)
     commands.add_parser("init-home", help="create DAGSTER_HOME").set_defaults(run=_init_home)
+    serve = commands.add_parser("serve", help="run the repair service over HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(run=_serve)
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("COMPOSITIONAL_AI_LOG_LEVEL", "WARNING"))
     paths = DataPaths.from_env()
