@@ -1,5 +1,7 @@
 """The chatbot's capture log: the slots it filled from each transcript, pseudonymised."""
 
+from datetime import UTC, datetime
+
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, AssetOut, MetadataValue, Output, multi_asset
 
@@ -42,54 +44,125 @@ CAPTURE_LOG_SCHEMA = {
 }
 
 
-def _parse_transcript(text: str, _header: str | None) -> dict:
+def _parse_turn(index: int, turn: object, now: datetime) -> dict:
+    if not isinstance(turn, dict):
+        raise validation.Rejected(
+            "wrong_type", f"turn {index} must be an object, got {validation.json_type(turn)}"
+        )
+    speaker, said = turn.get("speaker"), turn.get("text")
+    if speaker not in formats.SPEAKERS:
+        raise validation.Rejected(
+            "invalid_turn", f"turn {index}: speaker {speaker!r} is not one of {formats.SPEAKERS}"
+        )
+    if said is None:
+        raise validation.Rejected("missing_field", f"turn {index} text")
+    if not isinstance(said, str):
+        raise validation.Rejected(
+            "wrong_type", f"turn {index} text must be a string, got {validation.json_type(said)}"
+        )
+    validation.parse_timestamp(turn.get("at"), now=now, field=f"turn {index} at")
+    # Only bot turns name a slot; `asks` on a customer turn is an extra field and is ignored.
+    asks = turn.get("asks") if speaker == "bot" else None
+    if asks is not None and asks not in formats.CHAT_SLOTS:
+        raise validation.Rejected(
+            "unknown_value", f"turn {index} asks for {asks!r}, not one of {formats.CHAT_SLOTS}"
+        )
+    return {"turn_index": index, "speaker": speaker, "asks": asks, "text": said}
+
+
+def _parse_transcript(text: str, _header: str | None, *, now: datetime | None = None) -> dict:
+    """One transcript line: ids, and turns that each have a speaker, a text and a timestamp.
+
+    Keys the contract does not name, in the transcript or its turns, are ignored.
+    """
+    now = datetime.now(UTC) if now is None else now
     record = validation.json_object(text)
-    validation.require(record, ["transcript_id", "request_id"])
-    turns = record.get("turns")
-    if not isinstance(turns, list) or not turns:
-        raise validation.Rejected("wrong_type", "turns must be a non-empty list")
-    parsed = []
-    for index, turn in enumerate(turns):
-        if not isinstance(turn, dict):
-            raise validation.Rejected("wrong_type", f"turn {index} is not an object")
-        speaker, said = turn.get("speaker"), turn.get("text")
-        if speaker not in formats.SPEAKERS or not isinstance(said, str):
-            raise validation.Rejected("invalid_turn", f"turn {index} lacks a speaker or text")
-        asks = turn.get("asks")
-        if speaker == "bot" and asks is not None and asks not in formats.CHAT_SLOTS:
-            raise validation.Rejected("unknown_value", f"turn {index} asks for {asks!r}")
-        parsed.append({"turn_index": index, "speaker": speaker, "asks": asks, "text": said})
+    validation.require(record, formats.CHAT_FIELDS)
+    transcript_id = validation.identifier(record, "transcript_id")
+    request_id = validation.identifier(record, "request_id")
+    turns = record["turns"]
+    if not isinstance(turns, list):
+        raise validation.Rejected(
+            "wrong_type", f"turns must be an array, got {validation.json_type(turns)}"
+        )
+    if not turns:
+        raise validation.Rejected("missing_field", "turns holds no turn")
     return {
-        "transcript_id": validation.identifier(record, "transcript_id"),
-        "request_id": validation.identifier(record, "request_id"),
-        "turns": parsed,
+        "transcript_id": transcript_id,
+        "request_id": request_id,
+        "turns": [_parse_turn(index, turn, now) for index, turn in enumerate(turns)],
     }
 
 
 def capture_transcripts(
-    lines: pl.DataFrame, *, known_request_ids: pl.Series, pseudonym_key: bytes
+    lines: pl.DataFrame,
+    *,
+    known_request_ids: pl.Series,
+    pseudonym_key: bytes,
+    quarantined_request_ids: pl.Series | None = None,
+    earlier_transcript_ids: pl.Series | None = None,
+    now: datetime | None = None,
 ) -> validation.Validated:
-    """Parse, validate and slot-fill a batch of transcripts; raw contacts become pseudonyms."""
+    """Parse, validate and slot-fill a batch of transcripts; raw contacts become pseudonyms.
+
+    A transcript for a request that is not in `known_request_ids` is `request_quarantined` when
+    the id is in `quarantined_request_ids`, else `unknown_request`; one whose id is in
+    `earlier_transcript_ids`, or repeats an earlier line, is `duplicate_transcript`.
+    """
     source = "chat_transcripts"
-    parsed, quarantine = validation.parse_lines(lines, source, _parse_transcript)
+    now = datetime.now(UTC) if now is None else now
+    parsed, quarantine = validation.parse_lines(
+        lines, source, lambda text, header: _parse_transcript(text, header, now=now)
+    )
     if parsed.height == 0:
-        return validation.Validated(pl.DataFrame(schema=CAPTURE_LOG_SCHEMA), quarantine)
+        return validation.Validated(
+            pl.DataFrame(schema=CAPTURE_LOG_SCHEMA),
+            validation.collect_quarantine([quarantine], lines, "transcript_id"),
+        )
+    parts = [quarantine]
+    none = pl.Series([], dtype=pl.String)
+    earlier = none if earlier_transcript_ids is None else earlier_transcript_ids.cast(pl.String)
+    quarantined_ids = (
+        none if quarantined_request_ids is None else quarantined_request_ids.cast(pl.String)
+    )
+    known = pl.col("request_id").is_in(known_request_ids.cast(pl.String).implode())
+    quarantined = pl.col("request_id").is_in(quarantined_ids.implode())
+    checks = [
+        (
+            ~known & quarantined,
+            "request_quarantined",
+            pl.format("request_id {}'s request line was quarantined", "request_id"),
+        ),
+        (~known, "unknown_request", pl.format("request_id {} was never landed", "request_id")),
+        (
+            pl.col("transcript_id").is_in(earlier.implode()),
+            "duplicate_transcript",
+            pl.format("transcript_id {} already landed in an earlier batch", "transcript_id"),
+        ),
+    ]
+    for mask, reason, detail in checks:
+        parsed, rejected = validation.reject_where(parsed, lines, source, mask, reason, detail)
+        parts.append(rejected)
     first = pl.col("_row") == pl.col("_row").min().over("transcript_id")
     parsed, duplicates = validation.reject_where(
-        parsed, lines, source, ~first, "duplicate_transcript", pl.lit("repeats an earlier line")
-    )
-    parsed, unknown = validation.reject_where(
         parsed,
         lines,
         source,
-        ~pl.col("request_id").is_in(known_request_ids.implode()),
-        "unknown_request",
-        pl.format("request_id {} was never landed", "request_id"),
+        ~first,
+        "duplicate_transcript",
+        pl.format("transcript_id {} repeats an earlier line of this batch", "transcript_id"),
     )
+    parts.append(duplicates)
+    if parsed.height == 0:
+        return validation.Validated(
+            pl.DataFrame(schema=CAPTURE_LOG_SCHEMA),
+            validation.collect_quarantine(parts, lines, "transcript_id"),
+        )
     turns = (
         parsed.select("_row", "transcript_id", "request_id", "turns")
         .explode("turns")
         .unnest("turns")
+        .with_columns(pl.col("asks").cast(pl.String))
         .select(list(TURN_SCHEMA))
     )
     slots = extract_slots(turns)
@@ -105,7 +178,7 @@ def capture_transcripts(
     )
     return validation.Validated(
         log.select(list(CAPTURE_LOG_SCHEMA)).cast(CAPTURE_LOG_SCHEMA),
-        pl.concat([quarantine, duplicates, unknown]),
+        validation.collect_quarantine(parts, lines, "transcript_id"),
     )
 
 
@@ -127,17 +200,22 @@ def capture_transcripts(
     ins={
         "transcripts": AssetIn(key=["bronze", "chat_transcripts"]),
         "requests": AssetIn(key=["silver", "repair_requests"]),
+        "quarantine": AssetIn(key=["silver", "quarantine"]),
     },
     partitions_def=landing_batches,
     group_name="chatbot",
 )
 def chatbot_capture(
-    context: AssetExecutionContext, transcripts: pl.DataFrame, requests: pl.DataFrame
+    context: AssetExecutionContext,
+    transcripts: pl.DataFrame,
+    requests: pl.DataFrame,
+    quarantine: pl.DataFrame,
 ):
     """Fill the chatbot's slots from one batch of transcripts."""
     result = capture_transcripts(
         transcripts,
         known_request_ids=requests["request_id"],
+        quarantined_request_ids=validation.quarantined_request_ids(quarantine),
         pseudonym_key=pseudonym_key_from_env(),
     )
     log = result.clean

@@ -21,7 +21,11 @@ REPORT = {"role": "report"}
 def confirmed_labels(
     context: AssetExecutionContext, requests: pl.DataFrame, outcomes: pl.DataFrame
 ) -> pl.DataFrame:
-    """Technician-confirmed damage levels, joined to the photo of the request they confirm."""
+    """Technician-confirmed damage levels of landed requests, joined to the photo they confirm.
+
+    Outcomes recorded through the live service join the training sets directly, next to the
+    served inference log they confirm.
+    """
     labels = reporting.confirmed_labels(requests, outcomes)
     context.log.info(
         f"{labels.height} confirmed labels from {outcomes.height} outcomes of "

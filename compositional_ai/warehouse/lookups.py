@@ -38,3 +38,23 @@ def column_values(
     )
     frame = warehouse.query(sql, {"batch": batches_before}, purpose=f"lookup {schema}.{table}")
     return frame["value"].cast(pl.String).alias(column)
+
+
+def quarantined_record_ids(
+    warehouse: Warehouse, source: str, *, batches_before: str | None
+) -> pl.Series:
+    """The record ids of one source's rows in silver.quarantine, for the batches before one."""
+    found = warehouse.query(
+        "select count(*) as n from information_schema.columns where table_schema = 'silver' "
+        "and table_name = 'quarantine' and column_name = 'record_id'",
+        purpose="lookup",
+    )
+    if not found["n"][0]:
+        return pl.Series("record_id", [], dtype=pl.String)
+    frame = warehouse.query(
+        "select distinct record_id from silver.quarantine "
+        "where source = $source and batch < $batch and record_id is not null",
+        {"source": source, "batch": batches_before},
+        purpose="lookup silver.quarantine",
+    )
+    return frame["record_id"].cast(pl.String)

@@ -7,10 +7,34 @@ from compositional_ai.landing import formats
 DEFECTIVE_FROM_LEVEL = 2
 
 
+LABEL_COLUMNS = (
+    "request_id",
+    "confirmed_in_batch",
+    "damage_level",
+    "cell_type",
+    "inspected_at",
+    "technician_id",
+    "request_batch",
+    "channel",
+    "photo_sha256",
+    "customer_id",
+    "defective",
+    "label_origin",
+)
+
+
+def label_columns(labels: pl.DataFrame) -> pl.DataFrame:
+    """Confirmed labels in the gold table's columns, with the defective flag and their origin."""
+    return labels.with_columns(
+        (pl.col("damage_level") >= DEFECTIVE_FROM_LEVEL).alias("defective"),
+        pl.lit("technician").alias("label_origin"),
+    ).select(LABEL_COLUMNS)
+
+
 def confirmed_labels(requests: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataFrame:
     """Technician-confirmed damage levels joined to the photo each request carried."""
     inspected = outcomes.filter(pl.col("quote_accepted") & pl.col("damage_level").is_not_null())
-    return (
+    joined = (
         inspected.select(
             "request_id",
             pl.col("batch").alias("confirmed_in_batch"),
@@ -30,12 +54,9 @@ def confirmed_labels(requests: pl.DataFrame, outcomes: pl.DataFrame) -> pl.DataF
             on="request_id",
             how="inner",
         )
-        .with_columns(
-            (pl.col("damage_level") >= DEFECTIVE_FROM_LEVEL).alias("defective"),
-            pl.lit("technician").alias("label_origin"),
-        )
         .sort("request_id")
     )
+    return label_columns(joined)
 
 
 def latest_customers(customers: pl.DataFrame) -> pl.DataFrame:

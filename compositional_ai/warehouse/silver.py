@@ -20,7 +20,7 @@ from dagster import (
 from compositional_ai.lib.pseudonym import pseudonym_key_from_env
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.warehouse import validation
-from compositional_ai.warehouse.lookups import column_values
+from compositional_ai.warehouse.lookups import column_values, quarantined_record_ids
 from compositional_ai.warehouse.partitions import landing_batches
 from compositional_ai.warehouse.privacy import withhold_personal_records
 
@@ -105,47 +105,30 @@ def silver_batch(
     batch = context.partition_key
     key = pseudonym_key_from_env()
     now = datetime.now(UTC)
-    photos = validation.validate_photos(bronze_photos)
-    customers = validation.validate_customers(bronze_customers, pseudonym_key=key)
-    known_customers = pl.concat(
-        [
-            column_values(warehouse, "silver", "customers", "customer_id", batches_before=batch),
-            customers.clean["customer_id"],
-        ]
-    )
-    requests = validation.validate_requests(
-        bronze_requests,
-        photos=validation.photo_status(photos),
-        product_ids=catalog["product_id"],
-        customer_ids=known_customers,
-        earlier_request_ids=column_values(
+    earlier = validation.EarlierBatches(
+        customer_ids=column_values(
+            warehouse, "silver", "customers", "customer_id", batches_before=batch
+        ),
+        request_ids=column_values(
             warehouse, "silver", "repair_requests", "request_id", batches_before=batch
         ),
+        outcome_ids=column_values(
+            warehouse, "silver", "technician_outcomes", "request_id", batches_before=batch
+        ),
+        quarantined_request_ids=quarantined_record_ids(
+            warehouse, "repair_requests", batches_before=batch
+        ),
+    )
+    validated = validation.validate_batch(
+        photos=bronze_photos,
+        requests=bronze_requests,
+        customers=bronze_customers,
+        outcomes=bronze_outcomes,
+        product_ids=catalog["product_id"],
+        earlier=earlier,
         pseudonym_key=key,
         now=now,
     )
-    known_requests = pl.concat(
-        [
-            column_values(
-                warehouse, "silver", "repair_requests", "request_id", batches_before=batch
-            ),
-            requests.clean["request_id"],
-        ]
-    )
-    outcomes = validation.validate_outcomes(
-        bronze_outcomes,
-        known_request_ids=known_requests,
-        earlier_outcome_ids=column_values(
-            warehouse, "silver", "technician_outcomes", "request_id", batches_before=batch
-        ),
-        now=now,
-    )
-    validated = {
-        "repair_photos": photos,
-        "repair_requests": requests,
-        "customers": customers,
-        "technician_outcomes": outcomes,
-    }
     quarantine = withhold_personal_records(
         pl.concat([result.quarantine for result in validated.values()])
     )
