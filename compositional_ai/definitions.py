@@ -14,6 +14,8 @@ from compositional_ai.feedback import assets as feedback_assets
 from compositional_ai.feedback.sensors import inference_partition_sensor
 from compositional_ai.recommendation import assets as recommendation_assets
 from compositional_ai.repair_service import assets as repair_assets
+from compositional_ai.repair_service import served_assets
+from compositional_ai.repair_service.served_assets import served_log_sensor
 from compositional_ai.resources.landing import LandingArea
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse, WarehouseIOManager
@@ -30,6 +32,7 @@ ASSET_MODULES = [
     feedback_assets,
     defect_assets,
     recommendation_assets,
+    served_assets,
 ]
 
 
@@ -52,7 +55,7 @@ def build_definitions(paths: DataPaths) -> Definitions:
         assets=load_assets_from_modules(ASSET_MODULES),
         asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
         jobs=[jobs.reference_job, jobs.batch_job, jobs.seed_model_job, jobs.retraining_job],
-        sensors=[landing_batch_sensor, inference_partition_sensor],
+        sensors=[landing_batch_sensor, inference_partition_sensor, served_log_sensor],
         resources=build_resources(paths),
         # Warehouse access is serialised by its lock, so steps may run in parallel safely; two
         # at a time matches the two cores the project is sized for.

@@ -130,7 +130,7 @@ def run_demo(
                 defs,
                 instance,
                 "seed_model_job",
-                run_config=_ops_config(ops, [SEED_MODEL_OP]),
+                run_config=ops_config(ops, [SEED_MODEL_OP]),
             )
 
     for request in _sensor_requests(inference_partition_sensor, instance, defs):
@@ -140,11 +140,11 @@ def run_demo(
             instance,
             "retraining_job",
             tags=dict(request.tags),
-            run_config=_ops_config(ops, RETRAINING_MODEL_OPS),
+            run_config=ops_config(ops, RETRAINING_MODEL_OPS),
         )
 
 
-def _ops_config(training: dict, op_names: list[str]) -> dict:
+def ops_config(training: dict, op_names: list[str] = RETRAINING_MODEL_OPS) -> dict:
     """Run config giving each named training op the same training settings (if any)."""
     if not training:
         return {}

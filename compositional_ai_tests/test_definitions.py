@@ -55,8 +55,13 @@ def test_the_graph_is_the_one_the_module_exposes():
     from compositional_ai.definitions import defs
 
     assert {job.name for job in defs.jobs} == {
-        "reference_job", "batch_job", "seed_model_job", "retraining_job",
+        "reference_job",
+        "batch_job",
+        "seed_model_job",
+        "retraining_job",
     }
     assert {sensor.name for sensor in defs.sensors} == {
-        "landing_batch_sensor", "inference_partition_sensor",
+        "landing_batch_sensor",
+        "inference_partition_sensor",
+        "served_log_sensor",
     }

@@ -6,32 +6,6 @@ import json
 import duckdb
 import pytest
 
-from compositional_ai.definitions import build_resources
-from compositional_ai.demo import run_demo
-from compositional_ai.landing.generate import build_demo_landing
-from compositional_ai.settings import DataPaths
-from compositional_ai.summary import build_summary, write_summary
-
-TINY_TRAINING = {"image_size": 32, "epochs": 2, "batch_size": 16, "patience": 2, "width": 8}
-
-
-@pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo")
-    paths = DataPaths(root)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DAGSTER_HOME", str(paths.dagster_home))
-    mp.setenv("COMPOSITIONAL_AI_PSEUDONYM_KEY", "test-key")
-    landing = build_demo_landing(
-        paths.landing, n_batches=3, max_train_photos=48, max_holdout_photos=16
-    )
-    run_demo(paths, training_run_config=TINY_TRAINING, on_step=lambda step: None)
-    resources = build_resources(paths)
-    summary = build_summary(resources["warehouse"], resources["model_registry"])
-    write_summary(summary, paths.reports / "demo_summary.json")
-    yield paths, landing, summary
-    mp.undo()
-
 
 def _sql(paths, query):
     with duckdb.connect(str(paths.warehouse), read_only=True) as con:

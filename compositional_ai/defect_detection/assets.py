@@ -3,7 +3,15 @@
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, MaterializeResult, MetadataValue, asset
 
+from compositional_ai.repair_service import served_log
+from compositional_ai.repair_service.served_assets import (
+    SERVED_INFERENCE_LOG,
+    SERVED_OUTCOMES,
+    all_confirmed_labels,
+    all_inferences,
+)
 from compositional_ai.repair_service.vision_models import VisionTrainingConfig, train_and_register
+from compositional_ai.resources.landing import LandingArea
 from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.warehouse.reporting import DEFECTIVE_FROM_LEVEL
@@ -63,6 +71,7 @@ def defect_rows(
         "inference_log": AssetIn(key=["repair", "repair_inference_log"]),
         "holdout": AssetIn(key=["silver", "holdout_photos"]),
     },
+    deps=[SERVED_INFERENCE_LOG, SERVED_OUTCOMES],
 )
 def defect_training_set(
     context: AssetExecutionContext,
@@ -70,10 +79,12 @@ def defect_training_set(
     labels: pl.DataFrame,
     inference_log: pl.DataFrame,
     holdout: pl.DataFrame,
+    warehouse: Warehouse,
 ) -> pl.DataFrame:
     """Photos labelled defective or functional by technicians, or by a confident repair model."""
+    inference_log = all_inferences(warehouse, inference_log)
     rows = defect_rows(
-        labels,
+        all_confirmed_labels(warehouse, labels),
         inference_log,
         holdout["sha256"],
         min_confidence=config.model_label_min_confidence,
@@ -111,10 +122,12 @@ def defect_detector(
     holdout: pl.DataFrame,
     warehouse: Warehouse,
     model_registry: ModelRegistry,
+    landing: LandingArea,
 ) -> MaterializeResult:
     """A CNN telling defective from functional cells, evaluated on the expert-labelled holdout."""
     version, _metrics, metadata = train_and_register(
         context,
+        served_photos=landing.served / served_log.PHOTOS_DIR,
         model_name=DEFECT_MODEL,
         training_set=training_set,
         label_column="defective",

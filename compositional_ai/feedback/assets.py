@@ -19,8 +19,16 @@ from compositional_ai.feedback.policy import (
     holdout_leakage,
     self_label_share,
 )
+from compositional_ai.repair_service import served_log
 from compositional_ai.repair_service.assets import REPAIR_MODEL, promote_if_not_worse
+from compositional_ai.repair_service.served_assets import (
+    SERVED_INFERENCE_LOG,
+    SERVED_OUTCOMES,
+    all_confirmed_labels,
+    all_inferences,
+)
 from compositional_ai.repair_service.vision_models import VisionTrainingConfig, train_and_register
+from compositional_ai.resources.landing import LandingArea
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
 
@@ -56,6 +64,7 @@ def consumed_lineage(training: pl.DataFrame) -> dict:
         "inference_log": AssetIn(key=["repair", "repair_inference_log"]),
         "holdout": AssetIn(key=["silver", "holdout_photos"]),
     },
+    deps=[SERVED_INFERENCE_LOG, SERVED_OUTCOMES],
 )
 def repair_feedback_training_set(
     context: AssetExecutionContext,
@@ -63,13 +72,17 @@ def repair_feedback_training_set(
     labels: pl.DataFrame,
     inference_log: pl.DataFrame,
     holdout: pl.DataFrame,
+    warehouse: Warehouse,
 ) -> pl.DataFrame:
     """Confirmed labels joined to the predictions they confirm: the next repair model's data."""
     policy = SelfLabelPolicy(
         min_confidence=config.self_label_min_confidence, max_share=config.self_label_max_share
     )
     training = feedback_training_rows(
-        labels, inference_log, policy=policy, holdout_shas=holdout["sha256"]
+        all_confirmed_labels(warehouse, labels),
+        all_inferences(warehouse, inference_log),
+        policy=policy,
+        holdout_shas=holdout["sha256"],
     )
     lineage = consumed_lineage(training)
     context.log.info(f"feedback training set: {training.height} rows, {lineage}")
@@ -137,11 +150,13 @@ def repair_damage_model_next(
     holdout: pl.DataFrame,
     warehouse: Warehouse,
     model_registry: ModelRegistry,
+    landing: LandingArea,
 ) -> MaterializeResult:
     """The next repair model version, retrained on confirmed feedback; champion only if better."""
     lineage = consumed_lineage(training_set)
     version, metrics, metadata = train_and_register(
         context,
+        served_photos=landing.served / served_log.PHOTOS_DIR,
         model_name=REPAIR_MODEL,
         training_set=training_set,
         label_column="damage_level",

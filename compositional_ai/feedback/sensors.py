@@ -14,7 +14,10 @@ from dagster import (
 
 from compositional_ai.jobs import retraining_job
 
-INFERENCE_LOGS = (AssetKey(["repair", "repair_inference_log"]),)
+INFERENCE_LOGS = (
+    AssetKey(["repair", "repair_inference_log"]),
+    AssetKey(["repair", "served_inference_log"]),
+)
 PAGE = 1000
 # Every retraining run this sensor requests records the newest inference event it covers, so a
 # sensor whose cursor was lost or never set (a new instance, a reset) resumes from the runs.

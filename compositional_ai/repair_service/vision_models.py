@@ -3,6 +3,7 @@
 import hashlib
 import json
 from dataclasses import asdict
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -59,14 +60,25 @@ PHOTOS_BY_SHA_SQL = (
 )
 
 
-def photo_contents(warehouse: Warehouse, shas: pl.Series) -> list[bytes]:
-    """The photo bytes for each sha256, in the given order, read from silver."""
+def photo_contents(
+    warehouse: Warehouse, shas: pl.Series, *, served_photos: Path | None = None
+) -> list[bytes]:
+    """The photo bytes for each sha256, in the given order: landed photos from silver, photos
+    the live service received from its photo store (named by their sha256)."""
     unique = shas.unique().to_list()
     found = warehouse.query(PHOTOS_BY_SHA_SQL, {"shas": unique}, purpose="read training photos")
     by_sha = dict(zip(found["sha256"].to_list(), found["content"].to_list(), strict=True))
+    if served_photos is not None and served_photos.is_dir():
+        for sha in (sha for sha in unique if sha not in by_sha):
+            stored = sorted(served_photos.glob(f"{sha}.*"))
+            if stored:
+                by_sha[sha] = stored[0].read_bytes()
     missing = [sha for sha in unique if sha not in by_sha]
     if missing:
-        raise LookupError(f"{len(missing)} training photos are not in silver.repair_photos")
+        raise LookupError(
+            f"{len(missing)} training photos are neither in silver.repair_photos nor in the "
+            f"served photo store {served_photos}"
+        )
     return [by_sha[sha] for sha in shas.to_list()]
 
 
@@ -133,6 +145,7 @@ def train_and_register(
     warehouse: Warehouse,
     registry: ModelRegistry,
     lineage: dict,
+    served_photos: Path | None = None,
 ) -> tuple[str, dict, dict]:
     """Train on the training set's photos, evaluate on the holdout, log to MLflow, register.
 
@@ -141,7 +154,7 @@ def train_and_register(
     if training_set.is_empty():
         raise ValueError(f"{model_name}: the training set is empty; nothing to train on")
     train_config = config.to_train_config()
-    contents = photo_contents(warehouse, training_set["photo_sha256"])
+    contents = photo_contents(warehouse, training_set["photo_sha256"], served_photos=served_photos)
     images = decode_gray(contents, train_config.image_size)
     labels = training_set[label_column].cast(pl.Int64).to_numpy()
     context.log.info(f"{model_name}: training on {len(labels)} photos, {train_config}")

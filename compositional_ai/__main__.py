@@ -1,0 +1,5 @@
+"""`python -m compositional_ai` is the `compositional-ai` command."""
+
+from compositional_ai.cli import main
+
+main()
