@@ -69,6 +69,34 @@ def _serve(args: argparse.Namespace, paths: DataPaths) -> None:
     serve(args.host, args.port, paths)
 
 
+def _lineage(args: argparse.Namespace, paths: DataPaths) -> None:
+    from compositional_ai.definitions import build_resources
+    from compositional_ai.feedback.lineage import lineage_of
+
+    model, _, version = args.model.partition("@")
+    if not version:
+        raise SystemExit("name a version: compositional-ai lineage repair_damage_model@1")
+    chain = lineage_of(build_resources(paths)["warehouse"], model, version)
+    made = sum(row["n"] for row in chain["predictions"])
+    print(f"{model}@{version} made {made} predictions:")
+    for row in chain["predictions"]:
+        print(f"  {row['n']:>6} {row['source']} in batch {row['batch']}")
+    labels = chain["labels"]
+    print(
+        f"of which {labels['confirmed']} were confirmed by a technician "
+        f"({labels['confirmed_correct']} as predicted) and {labels['self_labelled']} entered "
+        "training as the model's own label"
+    )
+    if not chain["consumers"]:
+        print("no model version has learned from them yet")
+    for row in chain["consumers"]:
+        print(
+            f"  learned from by {row['consumed_by']}@{row['consumed_by_version']}: {row['n']} "
+            f"rows labelled by {row['label_origin']}; that version made "
+            f"{row['later_predictions']} predictions since"
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="compositional-ai", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +126,11 @@ def main(argv: list[str] | None = None) -> None:
     ).set_defaults(run=_demo)
     commands.add_parser("summary", help="print and write the summary").set_defaults(run=_summary)
     commands.add_parser("init-home", help="create DAGSTER_HOME").set_defaults(run=_init_home)
+    lineage = commands.add_parser(
+        "lineage", help="follow one model version's predictions through the feedback loop"
+    )
+    lineage.add_argument("model", help="model@version, e.g. repair_damage_model@1")
+    lineage.set_defaults(run=_lineage)
     serve = commands.add_parser("serve", help="run the repair service over HTTP")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)

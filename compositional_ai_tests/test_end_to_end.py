@@ -99,3 +99,26 @@ def test_the_registry_holds_every_model_and_the_summary_says_so(demo):
     assert seed_metrics["holdout_size"] == 16
     assert set(written) >= {"tables", "quarantine", "models"}
     assert sum(written["quarantine"].values()) >= 1
+
+
+def test_the_lineage_follows_a_version_through_the_loop(demo):
+    from compositional_ai.definitions import build_resources
+    from compositional_ai.feedback.lineage import lineage_of
+
+    paths, _, _ = demo
+    chain = lineage_of(build_resources(paths)["warehouse"], "repair_damage_model", "1")
+
+    made = sum(row["n"] for row in chain["predictions"])
+    logged = _sql(paths, "select count(*) from repair.repair_inference_log where status = 'ok'")
+    assert made == logged[0][0]
+    confirmed = _sql(
+        paths,
+        "select count(*) from gold.confirmed_labels l join repair.repair_inference_log p "
+        "using (request_id)",
+    )[0][0]
+    assert chain["labels"]["confirmed"] == confirmed > 0
+    assert chain["labels"]["self_labelled"] == 0  # the default policy admits no self-labels
+    consumers = {(row["consumed_by"], row["consumed_by_version"]) for row in chain["consumers"]}
+    assert ("repair_damage_model", "2") in consumers
+    assert ("defect_detector", "1") in consumers
+    assert ("service_recommender", "1") in consumers

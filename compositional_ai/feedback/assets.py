@@ -6,6 +6,7 @@ from dagster import (
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetIn,
+    AssetKey,
     Config,
     MaterializeResult,
     MetadataValue,
@@ -13,6 +14,7 @@ from dagster import (
     asset_check,
 )
 
+from compositional_ai.feedback.lineage import create_lineage_view
 from compositional_ai.feedback.policy import (
     SelfLabelPolicy,
     feedback_training_rows,
@@ -173,3 +175,32 @@ def repair_damage_model_next(
     )
     metadata.update(promote_if_not_worse(context, model_registry, version, metrics))
     return MaterializeResult(metadata=metadata)
+
+
+@asset(
+    key_prefix="gold",
+    group_name="feedback",
+    tags={"role": "report"},
+    deps=[
+        AssetKey(["repair", "repair_inference_log"]),
+        SERVED_INFERENCE_LOG,
+        SERVED_OUTCOMES,
+        AssetKey(["gold", "confirmed_labels"]),
+        AssetKey(["repair", "repair_damage_model"]),
+        AssetKey(["feedback", "repair_damage_model_next"]),
+        AssetKey(["defect_detection", "defect_detector"]),
+        AssetKey(["recommendation", "service_recommender"]),
+    ],
+)
+def prediction_lineage(context: AssetExecutionContext, warehouse: Warehouse) -> MaterializeResult:
+    """A view from each prediction to its label, the model versions that learned from it, and
+    what those versions predicted next."""
+    create_lineage_view(warehouse)
+    figures = warehouse.query(
+        "select count(*) as rows, count(distinct request_id) as predictions, "
+        "count(distinct consumed_by || '@' || consumed_by_version) as consuming_versions "
+        "from gold.prediction_lineage",
+        purpose="describe gold.prediction_lineage",
+    ).to_dicts()[0]
+    context.log.info(f"gold.prediction_lineage: {figures}")
+    return MaterializeResult(metadata={key: int(value) for key, value in figures.items()})

@@ -5,8 +5,10 @@ import hashlib
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, asset
 
+from compositional_ai.feedback.lineage import record_training
 from compositional_ai.recommendation.model import evaluate, fit_recommender
 from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
+from compositional_ai.resources.warehouse import Warehouse
 
 RECOMMENDER = "service_recommender"
 TEST_SHARE = 0.2
@@ -111,7 +113,10 @@ def recommendation_training_set(
     ins={"training_set": AssetIn(key=["recommendation", "recommendation_training_set"])},
 )
 def service_recommender(
-    context: AssetExecutionContext, training_set: pl.DataFrame, model_registry: ModelRegistry
+    context: AssetExecutionContext,
+    training_set: pl.DataFrame,
+    model_registry: ModelRegistry,
+    warehouse: Warehouse,
 ) -> MaterializeResult:
     """Recommends the services a customer lacks; judged by hit-rate@3 against popularity."""
     import mlflow
@@ -134,6 +139,7 @@ def service_recommender(
         mlflow.log_metrics({k: float(v) for k, v in figures.items()})
         version = model_registry.log_sklearn_model(model, RECOMMENDER)
         run_id = run.info.run_id
+    record_training(warehouse, train, RECOMMENDER, version, default_origin="customer_holdings")
     model_registry.set_alias(RECOMMENDER, version, CHAMPION)
     context.log.info(f"{RECOMMENDER} v{version}: {figures}")
     return MaterializeResult(

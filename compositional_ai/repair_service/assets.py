@@ -96,6 +96,18 @@ def promote_if_not_worse(
     )
     if decision.promote:
         registry.set_alias(REPAIR_MODEL, version, CHAMPION)
+    registry.record_decision(
+        REPAIR_MODEL,
+        version,
+        {
+            "promotion": "champion" if decision.promote else "challenger",
+            "promotion_reason": decision.reason,
+            "promotion_metric": PROMOTION_METRIC,
+            "challenger_metric": f"{decision.challenger:.6f}",
+            "champion_metric": "none" if decision.champion is None else f"{decision.champion:.6f}",
+            "champion_before": champion.version if champion else "none",
+        },
+    )
     context.log.info(
         f"{REPAIR_MODEL} v{version}: {'promoted' if decision.promote else 'not promoted'} "
         f"({decision.reason})"

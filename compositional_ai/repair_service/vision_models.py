@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 from dagster import AssetExecutionContext, Config, MetadataValue
 
+from compositional_ai.feedback.lineage import record_training
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.vision.images import decode_gray
@@ -200,7 +201,11 @@ def train_and_register(
         mlflow.log_dict(metrics, "holdout_metrics.json")
         version = registry.log_torch_model(result.model, model_name)
         run_id = run.info.run_id
-    context.log.info(f"{model_name} v{version}: {json.dumps(scalar_metrics)}")
+    recorded = record_training(warehouse, training_set, model_name, version)
+    context.log.info(
+        f"{model_name} v{version}: {json.dumps(scalar_metrics)}; {recorded} training rows "
+        "recorded in feedback.model_training_rows"
+    )
     metadata = {
         "model_name": model_name,
         "model_version": version,

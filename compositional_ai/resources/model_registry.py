@@ -134,6 +134,15 @@ class ModelRegistry(ConfigurableResource):
     def set_alias(self, model_name: str, version: str, alias: str = CHAMPION) -> None:
         self._activate().set_registered_model_alias(model_name, alias, version)
 
+    def record_decision(self, model_name: str, version: str, tags: dict[str, str]) -> None:
+        """Record a promotion decision on the model version and on the run that trained it."""
+        client = self._activate()
+        registered = client.get_model_version(model_name, version)
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+            if registered.run_id:
+                client.set_tag(registered.run_id, key, value)
+
     def versions(self, model_name: str) -> list[RegisteredVersion]:
         """Every registered version of a model, oldest first (empty when none)."""
         client = self._activate()
