@@ -13,6 +13,7 @@ from dagster import (
 
 from compositional_ai.jobs import batch_job
 from compositional_ai.resources.landing import LandingArea
+from compositional_ai.warehouse.landing_files import check_batch_key
 from compositional_ai.warehouse.partitions import landing_batches
 
 
@@ -30,7 +31,13 @@ def landing_batch_sensor(context: SensorEvaluationContext, landing: LandingArea)
     # A batch that is already a partition was ingested by someone else (the demo, a person in
     # the UI); the sensor leaves it alone rather than ingesting it a second time.
     existing = set(context.instance.get_dynamic_partitions(landing_batches.name))
-    ready = landing.ready_batches()
+    ready = []
+    for batch in landing.ready_batches():
+        try:
+            ready.append(check_batch_key(batch))
+        except ValueError as error:
+            # One badly named folder must not stop the other batches from being ingested.
+            context.log.warning(f"landing folder skipped: {error}")
     new = [batch for batch in ready if batch not in requested and batch not in existing]
     if not new:
         return SkipReason(f"no new landing batches ({len(ready)} ready, none new)")

@@ -85,3 +85,13 @@ def test_incomplete_batches_are_not_requested(tmp_path, instance, name):
     requests, cursor, skip = _tick(instance, landing, None)
 
     assert requests == [] and cursor is None and skip is not None
+
+
+def test_a_folder_that_cannot_be_a_partition_key_is_skipped_not_fatal(tmp_path, instance):
+    landing = LandingArea(root=str(tmp_path))
+    _land(tmp_path, "2026-01-05")
+    _land(tmp_path, "2026...bad")  # '...' is refused in Dagster partition keys
+
+    requests, _, _ = _tick(instance, landing, None)
+
+    assert [r.partition_key for r in requests] == ["2026-01-05"]
