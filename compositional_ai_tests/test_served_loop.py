@@ -135,6 +135,9 @@ def test_served_predictions_become_partitions_and_one_retraining(served, monkeyp
     paths, ok, bad = served
     monkeypatch.setenv("DAGSTER_HOME", str(paths.dagster_home))
     assert len(ok) == POSTED
+    promised = {"request_id", "damage_level", "probabilities", "quote", "model_version"}
+    assert all(promised <= set(body) for body in ok)
+    assert all(body["quote"] > 0 and len(body["probabilities"]) == 4 for body in ok)
     bad_statuses = sorted(str(response.status_code) for response in bad)
     assert bad_statuses == ["415"] * BAD_UPLOADS, [response.text for response in bad]
     instance = DagsterInstance.get()

@@ -281,6 +281,9 @@ class AssessmentOut(BaseModel):
     damage_level: int
     probabilities: list[float]
     confidence: float
+    # The repair quote in US dollars; `quote_usd` says the currency, `quote` is the field the
+    # API promises.
+    quote: float
     quote_usd: float
     model_name: str
     model_version: str
@@ -541,6 +544,7 @@ class RepairService:
             "damage_level": level,
             "probabilities": row["probabilities"],
             "confidence": row["confidence"],
+            "quote": row["quote_usd"],
             "quote_usd": row["quote_usd"],
             "model_name": served.name,
             "model_version": served.version,
