@@ -1,17 +1,15 @@
 """Manufacturing-defect detection, learned from the photos the repair service labelled."""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, Config, MaterializeResult, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 
-from compositional_ai.repair_service import served_log
 from compositional_ai.repair_service.served_assets import (
     SERVED_INFERENCE_LOG,
     SERVED_OUTCOMES,
     all_confirmed_labels,
     all_inferences,
 )
-from compositional_ai.repair_service.vision_models import VisionTrainingConfig, train_and_register
-from compositional_ai.resources.landing import LandingArea
+from compositional_ai.repair_service.vision_models import photo_model_asset
 from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.warehouse.reporting import DEFECTIVE_FROM_LEVEL
@@ -106,37 +104,21 @@ def defect_training_set(
     return rows
 
 
-@asset(
+def _always_champion(context, registry: ModelRegistry, version: str, metrics: dict) -> dict:
+    """The defect detector has no challenger rule yet: each new version serves."""
+    registry.set_alias(DEFECT_MODEL, version, CHAMPION)
+    return {"promoted": True}
+
+
+defect_detector = photo_model_asset(
     key_prefix="defect_detection",
+    name="defect_detector",
     group_name="defect_detection",
-    tags={"role": "model"},
-    ins={
-        "training_set": AssetIn(key=["defect_detection", "defect_training_set"]),
-        "holdout": AssetIn(key=["silver", "holdout_photos"]),
-    },
+    training_set_key=["defect_detection", "defect_training_set"],
+    model_name=DEFECT_MODEL,
+    label_column="defective",
+    num_classes=2,
+    description="A CNN telling defective from functional cells, evaluated on the expert-labelled "
+    "holdout.",
+    after_register=_always_champion,
 )
-def defect_detector(
-    context: AssetExecutionContext,
-    config: VisionTrainingConfig,
-    training_set: pl.DataFrame,
-    holdout: pl.DataFrame,
-    warehouse: Warehouse,
-    model_registry: ModelRegistry,
-    landing: LandingArea,
-) -> MaterializeResult:
-    """A CNN telling defective from functional cells, evaluated on the expert-labelled holdout."""
-    version, _metrics, metadata = train_and_register(
-        context,
-        served_photos=landing.served / served_log.PHOTOS_DIR,
-        model_name=DEFECT_MODEL,
-        training_set=training_set,
-        label_column="defective",
-        num_classes=2,
-        holdout=holdout,
-        config=config,
-        warehouse=warehouse,
-        registry=model_registry,
-        lineage={"training_set": "defect_detection/defect_training_set"},
-    )
-    model_registry.set_alias(DEFECT_MODEL, version, CHAMPION)
-    return MaterializeResult(metadata=metadata)

@@ -21,7 +21,6 @@ from compositional_ai.feedback.policy import (
     holdout_leakage,
     self_label_share,
 )
-from compositional_ai.repair_service import served_log
 from compositional_ai.repair_service.assets import REPAIR_MODEL, promote_if_not_worse
 from compositional_ai.repair_service.served_assets import (
     SERVED_INFERENCE_LOG,
@@ -29,9 +28,7 @@ from compositional_ai.repair_service.served_assets import (
     all_confirmed_labels,
     all_inferences,
 )
-from compositional_ai.repair_service.vision_models import VisionTrainingConfig, train_and_register
-from compositional_ai.resources.landing import LandingArea
-from compositional_ai.resources.model_registry import ModelRegistry
+from compositional_ai.repair_service.vision_models import photo_model_asset
 from compositional_ai.resources.warehouse import Warehouse
 
 # No configuration can let model-proposed labels be more than this share of a training set.
@@ -136,45 +133,18 @@ def self_label_share_within_ceiling(repair_feedback_training_set: pl.DataFrame) 
     )
 
 
-@asset(
+repair_damage_model_next = photo_model_asset(
     key_prefix="feedback",
+    name="repair_damage_model_next",
     group_name="feedback",
-    tags={"role": "model"},
-    ins={
-        "training_set": AssetIn(key=["feedback", "repair_feedback_training_set"]),
-        "holdout": AssetIn(key=["silver", "holdout_photos"]),
-    },
+    training_set_key=["feedback", "repair_feedback_training_set"],
+    model_name=REPAIR_MODEL,
+    label_column="damage_level",
+    num_classes=4,
+    description="The next repair model version, retrained on confirmed feedback; champion only "
+    "if it is not worse.",
+    after_register=promote_if_not_worse,
 )
-def repair_damage_model_next(
-    context: AssetExecutionContext,
-    config: VisionTrainingConfig,
-    training_set: pl.DataFrame,
-    holdout: pl.DataFrame,
-    warehouse: Warehouse,
-    model_registry: ModelRegistry,
-    landing: LandingArea,
-) -> MaterializeResult:
-    """The next repair model version, retrained on confirmed feedback; champion only if better."""
-    lineage = consumed_lineage(training_set)
-    version, metrics, metadata = train_and_register(
-        context,
-        served_photos=landing.served / served_log.PHOTOS_DIR,
-        model_name=REPAIR_MODEL,
-        training_set=training_set,
-        label_column="damage_level",
-        num_classes=4,
-        holdout=holdout,
-        config=config,
-        warehouse=warehouse,
-        registry=model_registry,
-        lineage={
-            "training_set": "feedback/repair_feedback_training_set",
-            "inference_partitions": ",".join(lineage["inference_partitions"]),
-            "predicting_versions": ",".join(lineage["model_versions"]),
-        },
-    )
-    metadata.update(promote_if_not_worse(context, model_registry, version, metrics))
-    return MaterializeResult(metadata=metadata)
 
 
 @asset(

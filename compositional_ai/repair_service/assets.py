@@ -9,7 +9,6 @@ from dagster import (
     AssetExecutionContext,
     AssetIn,
     AssetKey,
-    MaterializeResult,
     MetadataValue,
     asset,
 )
@@ -17,9 +16,8 @@ from dagster import (
 from compositional_ai.feedback.policy import PROMOTION_METRIC, promotion_decision
 from compositional_ai.repair_service.quotes import quote_usd
 from compositional_ai.repair_service.vision_models import (
-    VisionTrainingConfig,
     photo_contents,
-    train_and_register,
+    photo_model_asset,
 )
 from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
@@ -122,38 +120,17 @@ def promote_if_not_worse(
     }
 
 
-@asset(
+repair_damage_model = photo_model_asset(
     key_prefix="repair",
+    name="repair_damage_model",
     group_name="repair_service",
-    tags={"role": "model"},
-    ins={
-        "training_set": AssetIn(key=["repair", "repair_seed_training_set"]),
-        "holdout": AssetIn(key=["silver", "holdout_photos"]),
-    },
+    training_set_key=["repair", "repair_seed_training_set"],
+    model_name=REPAIR_MODEL,
+    label_column="damage_level",
+    num_classes=4,
+    description="The seed repair model: a CNN grading damage 0-3, trained on the workshop archive.",
+    after_register=promote_if_not_worse,
 )
-def repair_damage_model(
-    context: AssetExecutionContext,
-    config: VisionTrainingConfig,
-    training_set: pl.DataFrame,
-    holdout: pl.DataFrame,
-    warehouse: Warehouse,
-    model_registry: ModelRegistry,
-) -> MaterializeResult:
-    """The seed repair model: a CNN grading damage 0-3, trained on the workshop archive."""
-    version, metrics, metadata = train_and_register(
-        context,
-        model_name=REPAIR_MODEL,
-        training_set=training_set,
-        label_column="damage_level",
-        num_classes=4,
-        holdout=holdout,
-        config=config,
-        warehouse=warehouse,
-        registry=model_registry,
-        lineage={"training_set": "repair/repair_seed_training_set", "inference_partitions": "none"},
-    )
-    metadata.update(promote_if_not_worse(context, model_registry, version, metrics))
-    return MaterializeResult(metadata=metadata)
 
 
 def assess(

@@ -2,15 +2,25 @@
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import polars as pl
-from dagster import AssetExecutionContext, Config, MetadataValue
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    asset,
+)
 
 from compositional_ai.feedback.lineage import record_training
+from compositional_ai.repair_service.served_log import PHOTOS_DIR
+from compositional_ai.resources.landing import LandingArea
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.vision.images import decode_gray
@@ -228,3 +238,74 @@ def _png_image(png: bytes):
     from PIL import Image
 
     return Image.open(BytesIO(png))
+
+
+def training_lineage(training_set: pl.DataFrame, training_key: str) -> dict:
+    """What a training set consumed: its key, and the inference partitions and model versions
+    whose predictions it holds (where it holds any)."""
+    lineage = {"training_set": training_key}
+    for column, name in (
+        ("inference_batch", "inference_partitions"),
+        ("model_version", "predicting_versions"),
+    ):
+        if column in training_set.columns:
+            values = sorted(training_set[column].drop_nulls().unique().to_list())
+            lineage[name] = ",".join(values) or "none"
+    return lineage
+
+
+AfterRegister = Callable[[AssetExecutionContext, ModelRegistry, str, dict], dict]
+
+
+def photo_model_asset(
+    *,
+    key_prefix: str,
+    name: str,
+    group_name: str,
+    training_set_key: list[str],
+    model_name: str,
+    label_column: str,
+    num_classes: int,
+    description: str,
+    after_register: AfterRegister,
+):
+    """An asset that trains a photo model on `training_set_key`, evaluates it on the holdout,
+    registers it in MLflow, then calls `after_register` (promotion) for more metadata."""
+
+    @asset(
+        name=name,
+        key_prefix=key_prefix,
+        group_name=group_name,
+        tags={"role": "model"},
+        description=description,
+        ins={
+            "training_set": AssetIn(key=training_set_key),
+            "holdout": AssetIn(key=["silver", "holdout_photos"]),
+        },
+    )
+    def _photo_model(
+        context: AssetExecutionContext,
+        config: VisionTrainingConfig,
+        training_set: pl.DataFrame,
+        holdout: pl.DataFrame,
+        warehouse: Warehouse,
+        model_registry: ModelRegistry,
+        landing: LandingArea,
+    ) -> MaterializeResult:
+        version, metrics, metadata = train_and_register(
+            context,
+            served_photos=landing.served / PHOTOS_DIR,
+            model_name=model_name,
+            training_set=training_set,
+            label_column=label_column,
+            num_classes=num_classes,
+            holdout=holdout,
+            config=config,
+            warehouse=warehouse,
+            registry=model_registry,
+            lineage=training_lineage(training_set, "/".join(training_set_key)),
+        )
+        metadata.update(after_register(context, model_registry, version, metrics))
+        return MaterializeResult(metadata=metadata)
+
+    return _photo_model
