@@ -28,14 +28,6 @@ TABLE = {"role": "table"}
 BATCH_METADATA = {"partition_column": "batch"}
 CONSERVATION_CHECK = "bronze_rows_accounted_for"
 
-# Each bronze source, the silver table its clean rows go to, and its `source` in quarantine.
-SOURCES = {
-    "repair_photos": ("repair_photos", "repair_photos"),
-    "repair_requests": ("repair_requests", "repair_requests"),
-    "customers": ("customers", "customers"),
-    "technician_outcomes": ("technician_outcomes", "technician_outcomes"),
-}
-
 
 def conservation(
     bronze_rows: dict[str, int], validated: dict[str, validation.Validated]
