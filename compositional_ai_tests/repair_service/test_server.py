@@ -73,7 +73,7 @@ def _register(registry: ModelRegistry, seed: int, num_classes: int = 4) -> str:
         batch_size=8,
         width=4,
         val_fraction=0.0,
-        augment=False,
+        augment="none",
         num_threads=1,
         seed=seed,
     )

@@ -11,6 +11,7 @@ from compositional_ai.vision.training import (
     class_weights,
     dihedral_augment,
     fit,
+    flip_augment,
     model_from_bytes,
     model_to_bytes,
     predict_proba,
@@ -196,6 +197,7 @@ def test_fit_rejects_bad_inputs(images, labels, message) -> None:
         {"batch_size": 1},
         {"val_fraction": 1.0},
         {"class_weighting": "inverse"},
+        {"augment": "rotate"},
         {"monitor": "auc"},
         {"max_seconds": 0},
         {"image_size": 8},
@@ -223,6 +225,36 @@ def test_dihedral_augment_keeps_each_image_at_its_index() -> None:
         assert matches, f"image {i} is not a flip or rotation of its input"
         seen.add(matches[0])
     assert seen == set(range(8))
+
+
+def test_flip_augment_keeps_each_image_at_its_index_and_busbars_horizontal() -> None:
+    generator = torch.Generator().manual_seed(0)
+    rng = np.random.default_rng(1)
+    images = torch.from_numpy(rng.integers(0, 256, (100, 1, 4, 7), dtype=np.uint8))
+    out = flip_augment(images, generator)
+    seen = set()
+    for i in range(len(images)):
+        variants = [images[i], images[i].flip(-1), images[i].flip(-2), images[i].flip(-1, -2)]
+        matches = [k for k, v in enumerate(variants) if torch.equal(out[i], v)]
+        # Only flips: a rotation would not even keep the 4 x 7 shape.
+        assert matches, f"image {i} is not a flip of its input"
+        seen.add(matches[0])
+    assert seen == {0, 1, 2, 3}
+
+
+def test_flip_tta_averages_the_four_flips(trained) -> None:
+    result, _ = trained
+    images, _ = synthetic_cells(12, seed=8)
+    variants = [images, images[:, :, ::-1], images[:, ::-1], images[:, ::-1, ::-1]]
+    expected = np.mean([predict_proba(result.model, v) for v in variants], axis=0)
+    assert np.allclose(predict_proba(result.model, images, tta=True), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("augment", ["none", "dihedral"])
+def test_other_augmentations_train(augment: str) -> None:
+    images, labels = synthetic_cells(60, seed=9)
+    config = dataclasses.replace(FAST, epochs=1, augment=augment)
+    assert len(fit(images, labels, num_classes=3, config=config).history) == 1
 
 
 def test_dihedral_augment_needs_square_images() -> None:
