@@ -124,6 +124,44 @@ def _evaluate(_args: argparse.Namespace, paths: DataPaths) -> None:
     print(f"written to {report}")
 
 
+def _replay_loop(args: argparse.Namespace, paths: DataPaths) -> None:
+    from dagster import DagsterInstance
+
+    from compositional_ai.definitions import build_definitions
+    from compositional_ai.demo import execute_job, init_dagster_home
+    from compositional_ai.feedback.replay_assets import PLOT_FILE, REPLAY_OP
+
+    os.environ.setdefault("DAGSTER_HOME", str(init_dagster_home(paths)))
+    defs = build_definitions(paths)
+    config = {"image_size": args.image_size, "epochs": args.epochs, "seed": args.seed}
+    started = time.perf_counter()
+    execute_job(
+        defs,
+        DagsterInstance.get(),
+        "loop_replay_job",
+        run_config={"ops": {REPLAY_OP: {"config": config}}},
+    )
+    table = defs.resources["warehouse"].query(
+        "select * from feedback.feedback_loop_replay order by step, variant",
+        purpose="print the feedback loop replay",
+    )
+    print(
+        f"feedback loop replay in {time.perf_counter() - started:.0f} s: the holdout accuracy "
+        "of each version, retrained on confirmed labels or on its own predictions\n"
+    )
+    print(
+        f"{'step':>4}  {'batch':<10}  {'version':<17}  {'rows':>5}  {'self-labels':>11}  "
+        f"{'4-class':>7}  {'binary':>7}"
+    )
+    for row in table.iter_rows(named=True):
+        print(
+            f"{row['step']:>4}  {row['batch']:<10}  {row['model_version']:<17}  "
+            f"{row['train_rows']:>5}  {row['self_label_share']:>11.0%}  "
+            f"{row['four_class_accuracy']:>7.3f}  {row['binary_accuracy']:>7.3f}"
+        )
+    print(f"\nPlot: {paths.reports / PLOT_FILE}")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="compositional-ai", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +194,15 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser(
         "evaluate", help="reproduce the models' holdout figures and write evaluation.json"
     ).set_defaults(run=_evaluate)
+    replay = commands.add_parser(
+        "replay-loop",
+        help="replay the batches: the repair model retrained on confirmed labels beside one "
+        "retrained on its own predictions",
+    )
+    replay.add_argument("--image-size", type=int, default=48)
+    replay.add_argument("--epochs", type=int, default=8)
+    replay.add_argument("--seed", type=int, default=0)
+    replay.set_defaults(run=_replay_loop)
     lineage = commands.add_parser(
         "lineage", help="follow one model version's predictions through the feedback loop"
     )

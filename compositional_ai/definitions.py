@@ -11,6 +11,7 @@ from compositional_ai import jobs
 from compositional_ai.chatbot import assets as chatbot_assets
 from compositional_ai.defect_detection import assets as defect_assets
 from compositional_ai.feedback import assets as feedback_assets
+from compositional_ai.feedback import replay_assets
 from compositional_ai.feedback.sensors import inference_partition_sensor
 from compositional_ai.recommendation import assets as recommendation_assets
 from compositional_ai.repair_service import assets as repair_assets
@@ -33,6 +34,7 @@ ASSET_MODULES = [
     defect_assets,
     recommendation_assets,
     served_assets,
+    replay_assets,
 ]
 
 
@@ -54,7 +56,13 @@ def build_definitions(paths: DataPaths) -> Definitions:
     return Definitions(
         assets=load_assets_from_modules(ASSET_MODULES),
         asset_checks=load_asset_checks_from_modules(ASSET_MODULES),
-        jobs=[jobs.reference_job, jobs.batch_job, jobs.seed_model_job, jobs.retraining_job],
+        jobs=[
+            jobs.reference_job,
+            jobs.batch_job,
+            jobs.seed_model_job,
+            jobs.retraining_job,
+            replay_assets.loop_replay_job,
+        ],
         sensors=[landing_batch_sensor, inference_partition_sensor, served_log_sensor],
         resources=build_resources(paths),
         # Warehouse access is serialised by its lock, so steps may run in parallel safely; two

@@ -47,7 +47,7 @@ def init_dagster_home(paths: DataPaths) -> Path:
     return home
 
 
-def _execute(
+def execute_job(
     defs: Definitions,
     instance: DagsterInstance,
     job_name: str,
@@ -111,13 +111,13 @@ def run_demo(
     ops = training_run_config or {}
 
     on_step("reference data: product catalog and evaluation holdout")
-    _execute(defs, instance, "reference_job")
+    execute_job(defs, instance, "reference_job")
 
     batch_requests = _sensor_requests(landing_batch_sensor, instance, defs)
     registry = defs.resources["model_registry"]
     for request in sorted(batch_requests, key=lambda r: r.partition_key):
         on_step(f"landing batch {request.partition_key}")
-        _execute(
+        execute_job(
             defs,
             instance,
             "batch_job",
@@ -126,7 +126,7 @@ def run_demo(
         )
         if not registry.has_alias(REPAIR_MODEL, CHAMPION):
             on_step("seed repair model from the workshop archive")
-            _execute(
+            execute_job(
                 defs,
                 instance,
                 "seed_model_job",
@@ -135,7 +135,7 @@ def run_demo(
 
     for request in _sensor_requests(inference_partition_sensor, instance, defs):
         on_step("retraining on the inference logs")
-        _execute(
+        execute_job(
             defs,
             instance,
             "retraining_job",

@@ -22,7 +22,10 @@ SEED_MODEL_ASSETS = AssetSelection.assets(
     ["repair", "repair_damage_model"],
 )
 
-RETRAINING_ASSETS = AssetSelection.groups("gold", "feedback", "defect_detection", "recommendation")
+# The loop replay is an experiment run on demand (loop_replay_job), not part of retraining.
+RETRAINING_ASSETS = AssetSelection.groups(
+    "gold", "feedback", "defect_detection", "recommendation"
+) - AssetSelection.assets(["feedback", "feedback_loop_replay"])
 
 reference_job = define_asset_job(
     "reference_job",

@@ -59,6 +59,7 @@ def test_the_graph_is_the_one_the_module_exposes():
         "batch_job",
         "seed_model_job",
         "retraining_job",
+        "loop_replay_job",
     }
     assert {sensor.name for sensor in defs.sensors} == {
         "landing_batch_sensor",
