@@ -122,3 +122,30 @@ def test_the_lineage_follows_a_version_through_the_loop(demo):
     assert ("repair_damage_model", "2") in consumers
     assert ("defect_detector", "1") in consumers
     assert ("service_recommender", "1") in consumers
+
+
+def test_the_gating_checks_ran_and_an_empty_partition_warned(demo):
+    from dagster import AssetCheckKey, AssetKey, DagsterInstance
+
+    paths, _, _ = demo
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DAGSTER_HOME", str(paths.dagster_home))
+    try:
+        instance = DagsterInstance.get()
+        checks = {
+            (
+                key.asset_key.to_user_string(),
+                key.name,
+            ): instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
+            for key in [
+                AssetCheckKey(AssetKey(["repair", "repair_inference_log"]), "predictions_valid"),
+                AssetCheckKey(AssetKey(["silver", "quarantine"]), "bronze_rows_accounted_for"),
+                AssetCheckKey(AssetKey(["silver", "technician_outcomes"]), "partition_has_rows"),
+            ]
+        }
+    finally:
+        mp.undo()
+    assert all(record is not None for record in checks.values()), checks
+    evaluations = {k: r.event.dagster_event.event_specific_data for k, r in checks.items()}
+    assert evaluations[("repair/repair_inference_log", "predictions_valid")].passed
+    assert evaluations[("silver/quarantine", "bronze_rows_accounted_for")].passed

@@ -6,10 +6,14 @@ from datetime import UTC, datetime
 import numpy as np
 import polars as pl
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetExecutionContext,
     AssetIn,
     AssetKey,
     MetadataValue,
+    Output,
     asset,
 )
 
@@ -171,6 +175,38 @@ def assess(
     return frame.select(list(INFERENCE_LOG_SCHEMA)).cast(INFERENCE_LOG_SCHEMA)
 
 
+PREDICTIONS_VALID_CHECK = "predictions_valid"
+
+
+def prediction_problems(log: pl.DataFrame) -> dict[str, int]:
+    """Counts of inference-log rows that must not reach training; all zero for a sound log."""
+    ok = log.filter(pl.col("status") == "ok")
+    sums = ok["probabilities"].list.sum()
+    return {
+        "schema_mismatches": sum(
+            log.schema.get(name) != dtype for name, dtype in INFERENCE_LOG_SCHEMA.items()
+        ),
+        "null_predictions": ok.filter(
+            pl.col("predicted_level").is_null() | pl.col("model_version").is_null()
+        ).height,
+        "levels_out_of_range": ok.filter(~pl.col("predicted_level").is_between(0, 3)).height,
+        "probabilities_not_summing_to_one": int(((sums - 1.0).abs() > 1e-4).sum())
+        if ok.height
+        else 0,
+        "wrong_probability_count": ok.filter(pl.col("probabilities").list.len() != 4).height,
+    }
+
+
+def predictions_valid(log: pl.DataFrame) -> AssetCheckResult:
+    problems = prediction_problems(log)
+    return AssetCheckResult(
+        check_name=PREDICTIONS_VALID_CHECK,
+        passed=not any(problems.values()),
+        severity=AssetCheckSeverity.ERROR,
+        metadata={**problems, "rows": log.height},
+    )
+
+
 @asset(
     key_prefix="repair",
     group_name="repair_service",
@@ -182,6 +218,14 @@ def assess(
         "requests": AssetIn(key=["silver", "repair_requests"]),
         "catalog": AssetIn(key=["silver", "product_catalog"]),
     },
+    check_specs=[
+        AssetCheckSpec(
+            PREDICTIONS_VALID_CHECK,
+            asset=AssetKey(["repair", "repair_inference_log"]),
+            blocking=True,
+            description="No null or malformed prediction and the log's schema, before training.",
+        )
+    ],
 )
 def repair_inference_log(
     context: AssetExecutionContext,
@@ -189,7 +233,7 @@ def repair_inference_log(
     catalog: pl.DataFrame,
     warehouse: Warehouse,
     model_registry: ModelRegistry,
-) -> pl.DataFrame:
+):
     """Every online repair assessment of a batch: the champion's grade, probabilities and quote.
 
     The serving model is whichever version carries the registry alias `champion` when the batch
@@ -198,7 +242,10 @@ def repair_inference_log(
     online = requests.filter(pl.col("channel") == "online")
     if online.is_empty():
         context.log.info(f"batch {context.partition_key}: no online requests to assess")
-        return pl.DataFrame(schema=INFERENCE_LOG_SCHEMA)
+        empty = pl.DataFrame(schema=INFERENCE_LOG_SCHEMA)
+        yield Output(empty)
+        yield predictions_valid(empty)
+        return
     champion = model_registry.version_by_alias(REPAIR_MODEL, CHAMPION)
     model = model_registry.load_torch(REPAIR_MODEL, champion.version)
     contents = photo_contents(warehouse, online["photo_sha256"])
@@ -207,12 +254,13 @@ def repair_inference_log(
         f"batch {context.partition_key}: {log.height} assessments by {REPAIR_MODEL} "
         f"v{champion.version}"
     )
-    context.add_output_metadata(
-        {
+    yield Output(
+        log,
+        metadata={
             "model_version": champion.version,
             "predicted_levels": MetadataValue.json(
                 log.group_by("predicted_level").len().sort("predicted_level").to_dicts()
             ),
-        }
+        },
     )
-    return log
+    yield predictions_valid(log)

@@ -27,6 +27,19 @@ from compositional_ai.warehouse.privacy import withhold_personal_records
 TABLE = {"role": "table"}
 BATCH_METADATA = {"partition_column": "batch"}
 CONSERVATION_CHECK = "bronze_rows_accounted_for"
+HAS_ROWS_CHECK = "partition_has_rows"
+PER_BATCH_TABLES = ("repair_photos", "repair_requests", "customers", "technician_outcomes")
+
+
+def has_rows(table: str, rows: int, batch: str) -> AssetCheckResult:
+    """A warning, not a failure: an empty partition is written, but a person should know."""
+    return AssetCheckResult(
+        check_name=HAS_ROWS_CHECK,
+        asset_key=AssetKey(["silver", table]),
+        passed=rows > 0,
+        severity=AssetCheckSeverity.WARN,
+        metadata={"rows": rows, "batch": batch},
+    )
 
 
 def conservation(
@@ -80,7 +93,15 @@ def conservation(
             asset=AssetKey(["silver", "quarantine"]),
             blocking=True,
             description="Per batch, bronze rows = silver rows + quarantined rows, per source.",
-        )
+        ),
+        *(
+            AssetCheckSpec(
+                HAS_ROWS_CHECK,
+                asset=AssetKey(["silver", table]),
+                description="Warns when a batch leaves this table's partition empty.",
+            )
+            for table in PER_BATCH_TABLES
+        ),
     ],
     can_subset=False,
 )
@@ -137,6 +158,7 @@ def silver_batch(
             f"{result.quarantine.height} quarantined"
         )
         yield Output(result.clean, output_name=name)
+        yield has_rows(name, result.clean.height, batch)
     reasons = (
         quarantine.group_by("source", "reason").len().sort("source", "reason")
         if quarantine.height
