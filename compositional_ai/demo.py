@@ -25,7 +25,15 @@ DAGSTER_YAML = """\
 # Written by compositional-ai. Nothing the project starts may reach for the network.
 telemetry:
   enabled: false
+# Silver validates a batch against the batches before it (returning customers, outcomes for the
+# previous week's requests), so ingestion runs queue one at a time, in the order they were
+# submitted: a backfill submits partitions in key order, the landing sensor in landing order.
+run_queue:
+  tag_concurrency_limits:
+    - key: compositional_ai/ingest
+      limit: 1
 """
+WRITTEN_BY_US = "# Written by compositional-ai."
 
 
 # Op names of the photo-model assets, which take a training configuration.
@@ -42,7 +50,8 @@ def init_dagster_home(paths: DataPaths) -> Path:
     home = paths.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
+    # A file the project wrote is brought up to date; one a person wrote is left alone.
+    if not config.exists() or config.read_text(encoding="utf-8").startswith(WRITTEN_BY_US):
         config.write_text(DAGSTER_YAML, encoding="utf-8")
     return home
 

@@ -2,6 +2,8 @@
 
 from dagster import AssetSelection, define_asset_job
 
+INGEST_TAG = "compositional_ai/ingest"
+
 REFERENCE_ASSETS = AssetSelection.assets(
     ["bronze", "product_catalog"],
     ["silver", "product_catalog"],
@@ -37,6 +39,8 @@ batch_job = define_asset_job(
     "batch_job",
     selection=BATCH_ASSETS,
     description="Ingest one landing batch through bronze and silver, and assess its requests.",
+    # The instance's run queue admits one run with this tag at a time (see demo.DAGSTER_YAML).
+    tags={INGEST_TAG: "landing_batch"},
 )
 
 seed_model_job = define_asset_job(
