@@ -22,7 +22,7 @@ from compositional_ai.repair_service.served_assets import served_log_sensor
 
 pytestmark = pytest.mark.slow
 
-POSTED = 60
+POSTED = 200
 BAD_UPLOADS = 3
 CONFIRMED = 20
 TINY_TRAINING = {"image_size": 32, "epochs": 2, "batch_size": 16, "patience": 2, "width": 8}
