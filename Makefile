@@ -14,7 +14,7 @@ export COMPOSITIONAL_AI_DATA := $(DATA)
 # The pseudonym key is a secret in production; the demo uses a fixed, public one unless you set it.
 export COMPOSITIONAL_AI_PSEUDONYM_KEY ?= demo-only-not-a-secret
 
-.PHONY: setup demo dev mlflow serve test lint clean
+.PHONY: setup demo dev mlflow serve evaluate replay-loop test lint bench clean
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,14 @@ dev: setup
 	$(BIN)/compositional-ai init-home
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
+# The models' figures on the published protocols, from the packaged data alone.
+evaluate: setup
+	$(BIN)/compositional-ai evaluate
+
+# The feedback loop replayed: confirmed labels against the model's own predictions.
+replay-loop: setup
+	$(BIN)/compositional-ai replay-loop
+
 # The repair service over HTTP, serving the registry's champion (after `make demo`).
 serve: setup
 	$(BIN)/compositional-ai serve --host 127.0.0.1 --port 8000
@@ -41,6 +49,9 @@ mlflow: setup
 
 test: setup
 	$(BIN)/pytest
+
+bench: setup
+	$(BIN)/python -m benchmarks.run
 
 lint: setup
 	$(BIN)/ruff check .

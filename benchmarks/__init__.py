@@ -1,0 +1,1 @@
+"""Benchmarks of compositional-ai against plain code, pandas and raw torch (`make bench`)."""
