@@ -32,6 +32,8 @@ run_queue:
   tag_concurrency_limits:
     - key: compositional_ai/ingest
       limit: 1
+    - key: compositional_ai/retrain
+      limit: 1
 """
 WRITTEN_BY_US = "# Written by compositional-ai."
 

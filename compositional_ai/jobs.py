@@ -3,6 +3,7 @@
 from dagster import AssetSelection, define_asset_job
 
 INGEST_TAG = "compositional_ai/ingest"
+RETRAIN_TAG = "compositional_ai/retrain"
 
 REFERENCE_ASSETS = AssetSelection.assets(
     ["bronze", "product_catalog"],
@@ -53,4 +54,6 @@ retraining_job = define_asset_job(
     "retraining_job",
     selection=RETRAINING_ASSETS,
     description="Rebuild gold, the training sets and the models from the inference logs.",
+    # One retraining at a time: a second request waits in the queue instead of overlapping.
+    tags={RETRAIN_TAG: "models"},
 )

@@ -3,6 +3,7 @@
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Config, MetadataValue, asset
 
+from compositional_ai.repair_service.assets import promotion_gate
 from compositional_ai.repair_service.served_assets import (
     SERVED_INFERENCE_LOG,
     SERVED_OUTCOMES,
@@ -10,7 +11,6 @@ from compositional_ai.repair_service.served_assets import (
     all_inferences,
 )
 from compositional_ai.repair_service.vision_models import photo_model_asset
-from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.warehouse.reporting import DEFECTIVE_FROM_LEVEL
 
@@ -47,6 +47,8 @@ def defect_rows(
             & (pl.col("confidence") >= min_confidence)
         )
         .sort("confidence", "request_id", descending=[True, False])
+        # One model label per photo: a client resending an image cannot multiply its weight.
+        .unique("input_sha256", keep="first", maintain_order=True)
         .select(
             "request_id",
             pl.col("input_sha256").alias("photo_sha256"),
@@ -104,12 +106,6 @@ def defect_training_set(
     return rows
 
 
-def _always_champion(context, registry: ModelRegistry, version: str, metrics: dict) -> dict:
-    """The defect detector has no challenger rule yet: each new version serves."""
-    registry.set_alias(DEFECT_MODEL, version, CHAMPION)
-    return {"promoted": True}
-
-
 defect_detector = photo_model_asset(
     key_prefix="defect_detection",
     name="defect_detector",
@@ -120,5 +116,5 @@ defect_detector = photo_model_asset(
     num_classes=2,
     description="A CNN telling defective from functional cells, evaluated on the expert-labelled "
     "holdout.",
-    after_register=_always_champion,
+    after_register=promotion_gate(DEFECT_MODEL, "binary_accuracy"),
 )

@@ -55,6 +55,8 @@ def feedback_training_rows(
                 & (pl.col("confidence") >= policy.min_confidence)
             )
             .sort("confidence", "request_id", descending=[True, False])
+            # One self-label per photo: a client resending an image cannot multiply its weight.
+            .unique("input_sha256", keep="first", maintain_order=True)
             .select(
                 "request_id",
                 pl.col("input_sha256").alias("photo_sha256"),
@@ -95,7 +97,11 @@ class PromotionDecision:
 
 
 def promotion_decision(
-    challenger: float, champion: float | None, *, tolerance: float = PROMOTION_TOLERANCE
+    challenger: float,
+    champion: float | None,
+    *,
+    tolerance: float = PROMOTION_TOLERANCE,
+    metric: str = PROMOTION_METRIC,
 ) -> PromotionDecision:
     """A challenger becomes champion unless it is worse than the champion beyond `tolerance`."""
     if champion is None:
@@ -103,15 +109,14 @@ def promotion_decision(
     if challenger >= champion - tolerance:
         return PromotionDecision(
             True,
-            f"{PROMOTION_METRIC} {challenger:.4f} is within {tolerance} of or above the "
+            f"{metric} {challenger:.4f} is within {tolerance} of or above the "
             f"champion's {champion:.4f}",
             challenger,
             champion,
         )
     return PromotionDecision(
         False,
-        f"{PROMOTION_METRIC} {challenger:.4f} is more than {tolerance} below the champion's "
-        f"{champion:.4f}",
+        f"{metric} {challenger:.4f} is more than {tolerance} below the champion's {champion:.4f}",
         challenger,
         champion,
     )

@@ -83,45 +83,54 @@ def repair_seed_training_set(
     return seed
 
 
-def promote_if_not_worse(
-    context: AssetExecutionContext, registry: ModelRegistry, version: str, metrics: dict
-) -> dict:
-    """Make `version` champion unless it is worse than the current champion; say why."""
-    champion = (
-        registry.version_by_alias(REPAIR_MODEL, CHAMPION)
-        if registry.has_alias(REPAIR_MODEL, CHAMPION)
-        else None
-    )
-    decision = promotion_decision(
-        metrics[PROMOTION_METRIC],
-        champion.metrics.get(PROMOTION_METRIC) if champion else None,
-    )
-    if decision.promote:
-        registry.set_alias(REPAIR_MODEL, version, CHAMPION)
-    registry.record_decision(
-        REPAIR_MODEL,
-        version,
-        {
-            "promotion": "champion" if decision.promote else "challenger",
+def promotion_gate(model_name: str, metric: str):
+    """A callback that makes a new version of `model_name` champion unless it is worse than the
+    current champion on the holdout `metric` beyond the tolerance, and records why."""
+
+    def promote(
+        context: AssetExecutionContext, registry: ModelRegistry, version: str, metrics: dict
+    ) -> dict:
+        champion = (
+            registry.version_by_alias(model_name, CHAMPION)
+            if registry.has_alias(model_name, CHAMPION)
+            else None
+        )
+        decision = promotion_decision(
+            metrics[metric], champion.metrics.get(metric) if champion else None, metric=metric
+        )
+        if decision.promote:
+            registry.set_alias(model_name, version, CHAMPION)
+        registry.record_decision(
+            model_name,
+            version,
+            {
+                "promotion": "champion" if decision.promote else "challenger",
+                "promotion_reason": decision.reason,
+                "promotion_metric": metric,
+                "challenger_metric": f"{decision.challenger:.6f}",
+                "champion_metric": "none"
+                if decision.champion is None
+                else f"{decision.champion:.6f}",
+                "champion_before": champion.version if champion else "none",
+            },
+        )
+        context.log.info(
+            f"{model_name} v{version}: {'promoted' if decision.promote else 'not promoted'} "
+            f"({decision.reason})"
+        )
+        return {
+            "promoted": decision.promote,
             "promotion_reason": decision.reason,
-            "promotion_metric": PROMOTION_METRIC,
-            "challenger_metric": f"{decision.challenger:.6f}",
-            "champion_metric": "none" if decision.champion is None else f"{decision.champion:.6f}",
             "champion_before": champion.version if champion else "none",
-        },
-    )
-    context.log.info(
-        f"{REPAIR_MODEL} v{version}: {'promoted' if decision.promote else 'not promoted'} "
-        f"({decision.reason})"
-    )
-    return {
-        "promoted": decision.promote,
-        "promotion_reason": decision.reason,
-        "champion_before": champion.version if champion else "none",
-        f"champion_{PROMOTION_METRIC}": MetadataValue.float(decision.champion)
-        if decision.champion is not None
-        else MetadataValue.text("none"),
-    }
+            f"champion_{metric}": MetadataValue.float(decision.champion)
+            if decision.champion is not None
+            else MetadataValue.text("none"),
+        }
+
+    return promote
+
+
+promote_if_not_worse = promotion_gate(REPAIR_MODEL, PROMOTION_METRIC)
 
 
 repair_damage_model = photo_model_asset(

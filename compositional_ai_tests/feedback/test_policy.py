@@ -92,3 +92,26 @@ def test_promotion_decision(challenger, champion, promote):
 
     assert decision.promote is promote
     assert f"{challenger:.4f}" in decision.reason or champion is None
+
+
+def test_a_resent_photo_is_one_self_label_not_many():
+    repeated = pl.concat(
+        [LOG]
+        + [
+            LOG.filter(pl.col("request_id") == "R5").with_columns(
+                pl.lit(f"R5-{n}").alias("request_id")
+            )
+            for n in range(5)
+        ]
+    )
+
+    rows = feedback_training_rows(
+        LABELS,
+        repeated,
+        policy=SelfLabelPolicy(min_confidence=0.95, max_share=0.5),
+        holdout_shas=NO_HOLDOUT,
+    )
+
+    model_rows = rows.filter(pl.col("label_origin") == "model")
+    assert model_rows["photo_sha256"].to_list().count("e") == 1
+    assert sorted(model_rows["photo_sha256"].to_list()) == ["e", "f"]
