@@ -219,6 +219,14 @@ def result(full, before, incremental, batches, newest, training, landing_s) -> R
             "full recompute process wall",
             note="interpreter start and imports included",
         ),
+        Figure(
+            "incremental process CPU time",
+            incremental.cpu_s,
+            "s",
+            full.cpu_s,
+            "full recompute process CPU time",
+            note="user + system; moves less than wall time on a shared machine",
+        ),
         Figure(f"first {batches - 1} batches, not timed above", before.report["work_s"], "s"),
         Figure("landing data build, not timed above", landing_s, "s"),
         Figure(
