@@ -141,6 +141,27 @@ def evaluate(model, holdout: pl.DataFrame, *, binary_only: bool) -> tuple[dict, 
     return metrics, matrices
 
 
+FINGERPRINT_TAG = "training_fingerprint"
+
+
+def training_fingerprint(
+    training_digest: str, holdout_digest: str, config: TrainConfig, num_classes: int
+) -> str:
+    """A digest of everything a version's weights and holdout figures depend on."""
+    # The time budget is left out: it decides when training stops, not what it learns from.
+    settings = {k: v for k, v in asdict(config).items() if k != "max_seconds"}
+    payload = json.dumps(
+        {
+            "training": training_digest,
+            "holdout": holdout_digest,
+            "num_classes": num_classes,
+            "config": settings,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
 def matrix_markdown(matrix: list[list[int]], names: list[str]) -> str:
     header = "| true \\ predicted | " + " | ".join(names) + " |"
     rule = "|" + " --- |" * (len(names) + 1)
@@ -172,6 +193,34 @@ def train_and_register(
     if training_set.is_empty():
         raise ValueError(f"{model_name}: the training set is empty; nothing to train on")
     train_config = config.to_train_config()
+    digest = frame_digest(training_set, ["photo_sha256", label_column])
+    fingerprint = training_fingerprint(
+        digest, frame_digest(holdout, ["sha256", "damage_level"]), train_config, num_classes
+    )
+    trained_before = registry.version_tagged(model_name, FINGERPRINT_TAG, fingerprint)
+    if trained_before is not None:
+        # Training is seeded and deterministic: the same rows and settings give the same model,
+        # so a re-run (a retry, a re-delivered partition, a manual re-materialization) reuses
+        # the version instead of registering a copy of it.
+        context.log.info(
+            f"{model_name}: training set {digest} with these settings is already version "
+            f"{trained_before.version}; not training again"
+        )
+        return (
+            trained_before.version,
+            dict(trained_before.metrics),
+            {
+                "model_name": model_name,
+                "model_version": trained_before.version,
+                "reused_version": True,
+                "decided_before": "promotion" in trained_before.tags,
+                "training_rows": training_set.height,
+                "training_set_digest": digest,
+                "training_fingerprint": fingerprint,
+                "mlflow_run": MetadataValue.url(registry.run_url(trained_before.run_id)),
+                "lineage": MetadataValue.json(lineage),
+            },
+        )
     contents = photo_contents(warehouse, training_set["photo_sha256"], served_photos=served_photos)
     images = decode_gray(contents, train_config.image_size)
     labels = training_set[label_column].cast(pl.Int64).to_numpy()
@@ -182,7 +231,6 @@ def train_and_register(
 
     result = fit(images, labels, num_classes=num_classes, config=train_config, on_epoch=on_epoch)
     metrics, matrices = evaluate(result.model, holdout, binary_only=num_classes == 2)
-    digest = frame_digest(training_set, ["photo_sha256", label_column])
     names = BINARY_NAMES if num_classes == 2 else LEVEL_NAMES
     primary = "binary" if num_classes == 2 else "four_class"
     png = confusion_matrix_png(matrices[primary], names, f"{model_name} on the holdout")
@@ -217,6 +265,7 @@ def train_and_register(
         mlflow.log_image(_png_image(png), "confusion_matrix.png")
         mlflow.log_dict(metrics, "holdout_metrics.json")
         version = registry.log_torch_model(result.model, model_name)
+        registry.tag_version(model_name, version, {FINGERPRINT_TAG: fingerprint})
         run_id = run.info.run_id
     recorded = record_training(warehouse, training_set, model_name, version)
     context.log.info(
@@ -229,7 +278,10 @@ def train_and_register(
         "mlflow_run_id": run_id,
         "mlflow_run": MetadataValue.url(registry.run_url(run_id)),
         "training_rows": len(labels),
+        "reused_version": False,
+        "decided_before": False,
         "training_set_digest": digest,
+        "training_fingerprint": fingerprint,
         "best_epoch": result.best_epoch,
         "stopped_reason": result.stopped_reason,
         **{key: MetadataValue.float(value) for key, value in scalar_metrics.items()},
@@ -312,7 +364,10 @@ def photo_model_asset(
             registry=model_registry,
             lineage=training_lineage(training_set, "/".join(training_set_key)),
         )
-        metadata.update(after_register(context, model_registry, version, metrics))
+        # A reused version keeps the promotion decision made when it was trained; one whose run
+        # stopped before deciding gets its decision now.
+        if not metadata.pop("decided_before"):
+            metadata.update(after_register(context, model_registry, version, metrics))
         return MaterializeResult(metadata=metadata)
 
     return _photo_model

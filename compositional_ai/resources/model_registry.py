@@ -4,7 +4,7 @@ import os
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class RegisteredVersion:
     run_id: str
     aliases: tuple[str, ...]
     metrics: dict[str, float]
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 @contextmanager
@@ -154,6 +155,21 @@ class ModelRegistry(ConfigurableResource):
         ]
         return sorted(described, key=lambda version: int(version.version))
 
+    def version_tagged(self, model_name: str, key: str, value: str) -> RegisteredVersion | None:
+        """The newest version of `model_name` whose tag `key` equals `value`, or None."""
+        client = self._activate()
+        found = client.search_model_versions(f"name = {model_name!r} and tags.{key} = {value!r}")
+        if not found:
+            return None
+        newest = max(found, key=lambda version: int(version.version))
+        return self._describe(client, client.get_model_version(newest.name, newest.version))
+
+    def tag_version(self, model_name: str, version: str, tags: dict[str, str]) -> None:
+        """Set tags on one registered version."""
+        client = self._activate()
+        for key, value in tags.items():
+            client.set_model_version_tag(model_name, version, key, value)
+
     def load_torch(self, model_name: str, version: str):
         self._activate()
         return mlflow.pytorch.load_model(f"models:/{model_name}/{version}", map_location="cpu")
@@ -171,4 +187,5 @@ class ModelRegistry(ConfigurableResource):
             run_id=version.run_id or "",
             aliases=tuple(version.aliases or ()),
             metrics=dict(metrics),
+            tags=dict(version.tags or {}),
         )
