@@ -30,7 +30,7 @@ from compositional_ai.vision.metrics import (
     levels_to_binary,
 )
 from compositional_ai.vision.plots import confusion_matrix_png
-from compositional_ai.vision.training import TrainConfig, fit, predict_proba
+from compositional_ai.vision.training import TrainConfig, fit_model, predict_proba
 
 LEVEL_NAMES = ["level 0", "level 1", "level 2", "level 3"]
 BINARY_NAMES = ["functional", "defective"]
@@ -55,6 +55,8 @@ class VisionTrainingConfig(Config):
     augment: str = "flips"
     max_seconds: float = 240.0
     seed: int = 0
+    members: int = 1
+    test_time_flips: bool = False
 
     def to_train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -69,6 +71,8 @@ class VisionTrainingConfig(Config):
             augment=self.augment,
             max_seconds=self.max_seconds,
             seed=self.seed,
+            members=self.members,
+            test_time_flips=self.test_time_flips,
         )
 
 
@@ -229,7 +233,9 @@ def train_and_register(
     def on_epoch(record) -> None:
         context.log.debug(f"{model_name} epoch {record.epoch}: {record.as_dict()}")
 
-    result = fit(images, labels, num_classes=num_classes, config=train_config, on_epoch=on_epoch)
+    result = fit_model(
+        images, labels, num_classes=num_classes, config=train_config, on_epoch=on_epoch
+    )
     metrics, matrices = evaluate(result.model, holdout, binary_only=num_classes == 2)
     names = BINARY_NAMES if num_classes == 2 else LEVEL_NAMES
     primary = "binary" if num_classes == 2 else "four_class"

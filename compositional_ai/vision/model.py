@@ -84,6 +84,41 @@ class DamageCNN(nn.Module):
         return self.head(self.dropout(pooled))
 
 
+class DamageEnsemble(nn.Module):
+    """Members that differ only by their training seed, averaged; optionally over flips too.
+
+    The output is the log of the members' mean class probability, so a softmax of it (what
+    every caller applies to a model's output) gives that mean. With `flips`, each member also
+    sees the image flipped left-right, up-down and both, and the 4 x members probabilities are
+    averaged: the decision is then the same whoever calls the model (batch inference, the
+    service, evaluation), with no flag to forget.
+    """
+
+    def __init__(self, members: list[DamageCNN], *, flips: bool = False) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        sizes = {(m.num_classes, m.image_size) for m in members}
+        if len(sizes) != 1:
+            raise ValueError(f"members disagree on (num_classes, image_size): {sorted(sizes)}")
+        ((self.num_classes, self.image_size),) = sizes
+        self.members = nn.ModuleList(members)
+        self.flips = flips
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.ndim == 3:
+            images = images.unsqueeze(1)
+        views = [images]
+        if self.flips:
+            left_right = images.flip(-1)
+            views = [images, left_right, images.flip(-2), left_right.flip(-2)]
+        # One forward pass per member over every view at once: [views * N, 1, H, W].
+        stacked = torch.cat(views)
+        probabilities = torch.stack([torch.softmax(m(stacked), dim=1) for m in self.members])
+        mean = probabilities.mean(dim=0).reshape(len(views), images.shape[0], -1).mean(dim=0)
+        return torch.log(mean.clamp_min(1e-12))
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -8,7 +8,7 @@ evaluation holdout never influences model selection.
 import io
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from compositional_ai.vision.metrics import classification_metrics
-from compositional_ai.vision.model import DamageCNN
+from compositional_ai.vision.model import DamageCNN, DamageEnsemble
 
 Augment = Literal["none", "flips", "dihedral"]
 ClassWeighting = Literal["none", "sqrt", "balanced"]
@@ -52,6 +52,11 @@ class TrainConfig:
     max_seconds: float | None = 600.0
     width: int = 16
     dropout: float = 0.2
+    # Models trained with seeds seed, seed + 1, ... and averaged (`fit_ensemble`); the time
+    # budget is shared among them.
+    members: int = 1
+    # Average each prediction over the image's 4 flips (`DamageEnsemble(flips=True)`).
+    test_time_flips: bool = False
 
     def __post_init__(self) -> None:
         checks = (
@@ -67,6 +72,7 @@ class TrainConfig:
             (self.monitor in ("loss", "accuracy", "macro_f1"), "unknown monitor"),
             (self.num_threads >= 1, "num_threads must be >= 1"),
             (self.max_seconds is None or self.max_seconds > 0, "max_seconds must be positive"),
+            (self.members >= 1, "members must be >= 1"),
         )
         for ok, message in checks:
             if not ok:
@@ -246,6 +252,70 @@ def fit(
             return _fit(images, labels, num_classes, config, on_epoch)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+@dataclass
+class EnsembleResult:
+    """The averaged model and each member's training result, in seed order."""
+
+    model: DamageEnsemble
+    members: list[TrainResult]
+    train_seconds: float
+
+    @property
+    def history(self) -> list[EpochRecord]:
+        """Every member's epochs, one after the other."""
+        return [record for member in self.members for record in member.history]
+
+    @property
+    def best_epoch(self) -> int:
+        return self.members[0].best_epoch
+
+    @property
+    def stopped_reason(self) -> StoppedReason:
+        reasons = {member.stopped_reason for member in self.members}
+        return "time_budget" if "time_budget" in reasons else self.members[0].stopped_reason
+
+
+def fit_ensemble(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> EnsembleResult:
+    """Train `config.members` models with consecutive seeds and average them.
+
+    Each member gets an equal share of what is left of `config.max_seconds` when it starts, so
+    a member that stops early leaves its time to the next.
+    """
+    started = time.perf_counter()
+    members: list[TrainResult] = []
+    for index in range(config.members):
+        budget = None
+        if config.max_seconds is not None:
+            left = config.max_seconds - (time.perf_counter() - started)
+            budget = max(left, 1e-3) / (config.members - index)
+        member_config = replace(config, seed=config.seed + index, max_seconds=budget)
+        members.append(
+            fit(images, labels, num_classes=num_classes, config=member_config, on_epoch=on_epoch)
+        )
+    model = DamageEnsemble([m.model for m in members], flips=config.test_time_flips).eval()
+    return EnsembleResult(model=model, members=members, train_seconds=time.perf_counter() - started)
+
+
+def fit_model(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    num_classes: int,
+    config: TrainConfig,
+    on_epoch: Callable[[EpochRecord], None] | None = None,
+) -> TrainResult | EnsembleResult:
+    """`fit` for one plain model, `fit_ensemble` when the config asks for members or flips."""
+    train = fit if config.members == 1 and not config.test_time_flips else fit_ensemble
+    return train(images, labels, num_classes=num_classes, config=config, on_epoch=on_epoch)
 
 
 def _fit(

@@ -5,12 +5,15 @@ import pytest
 import torch
 
 from compositional_ai.vision.metrics import classification_metrics
+from compositional_ai.vision.model import DamageCNN, DamageEnsemble
 from compositional_ai.vision.training import (
     EpochRecord,
     TrainConfig,
     class_weights,
     dihedral_augment,
     fit,
+    fit_ensemble,
+    fit_model,
     flip_augment,
     model_from_bytes,
     model_to_bytes,
@@ -289,3 +292,59 @@ def test_class_weights(weighting: str, expected: list[float]) -> None:
 
 def test_class_weights_give_absent_classes_zero() -> None:
     assert class_weights(np.array([0, 0, 1]), 3, "balanced")[2] == 0.0
+
+
+def test_ensemble_members_differ_by_seed_and_average_their_probabilities() -> None:
+    images, labels = synthetic_cells(90, seed=10)
+    config = dataclasses.replace(FAST, epochs=2, members=2)
+    result = fit_ensemble(images, labels, num_classes=3, config=config)
+    alone = [
+        fit(images, labels, num_classes=3, config=dataclasses.replace(config, seed=seed))
+        for seed in (0, 1)
+    ]
+    probe, _ = synthetic_cells(12, seed=11)
+    each = [predict_proba(member.model, probe) for member in alone]
+    assert len(result.members) == 2
+    assert len(result.history) == 4
+    # The members are exactly the models the two seeds train on their own.
+    losses = [[(r.train_loss, r.val_loss) for r in m.history] for m in result.members]
+    assert losses == [[(r.train_loss, r.val_loss) for r in m.history] for m in alone]
+    assert not np.allclose(each[0], each[1])
+    assert np.allclose(predict_proba(result.model, probe), np.mean(each, axis=0), atol=1e-6)
+
+
+def test_ensemble_flips_average_each_member_over_the_four_flips(trained) -> None:
+    result, _ = trained
+    images, _ = synthetic_cells(12, seed=12)
+    ensemble = DamageEnsemble([result.model], flips=True).eval()
+    assert np.allclose(
+        predict_proba(ensemble, images), predict_proba(result.model, images, tta=True), atol=1e-6
+    )
+    plain = DamageEnsemble([result.model], flips=False).eval()
+    assert np.allclose(predict_proba(plain, images), predict_proba(result.model, images), atol=1e-6)
+
+
+def test_ensemble_shares_the_time_budget_among_members() -> None:
+    images, labels = synthetic_cells(120, seed=13)
+    config = dataclasses.replace(FAST, epochs=50, members=3, max_seconds=1e-3)
+    result = fit_ensemble(images, labels, num_classes=3, config=config)
+    assert [m.stopped_reason for m in result.members] == ["time_budget"] * 3
+    assert result.stopped_reason == "time_budget"
+
+
+def test_fit_model_trains_a_plain_model_unless_members_or_flips_are_asked_for() -> None:
+    images, labels = synthetic_cells(60, seed=14)
+    config = dataclasses.replace(FAST, epochs=1)
+    assert isinstance(fit_model(images, labels, num_classes=3, config=config).model, DamageCNN)
+    flipped = dataclasses.replace(config, test_time_flips=True)
+    model = fit_model(images, labels, num_classes=3, config=flipped).model
+    assert isinstance(model, DamageEnsemble)
+    assert model.flips
+    assert len(model.members) == 1
+
+
+def test_ensemble_refuses_members_of_different_sizes() -> None:
+    with pytest.raises(ValueError, match="members disagree"):
+        DamageEnsemble([DamageCNN(4, image_size=32), DamageCNN(4, image_size=48)])
+    with pytest.raises(ValueError, match="at least one member"):
+        DamageEnsemble([])
