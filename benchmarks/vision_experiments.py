@@ -67,6 +67,16 @@ CONFIGS: dict[str, tuple[str, TrainConfig]] = {
     "c96_all": ("levels", replace(BASE, val_fraction=0.0)),
     "c128_all": ("levels", replace(BASE, image_size=128, epochs=40, val_fraction=0.0)),
     "c96_all_w24": ("levels", replace(BASE, val_fraction=0.0, width=24)),
+    "c96_all_unweighted": ("levels", replace(BASE, val_fraction=0.0, class_weighting="none")),
+    "c128_all_dihedral": (
+        "levels",
+        replace(BASE, image_size=128, epochs=40, val_fraction=0.0, augment="dihedral"),
+    ),
+    "c128_all_unweighted": (
+        "levels",
+        replace(BASE, image_size=128, epochs=40, val_fraction=0.0, class_weighting="none"),
+    ),
+    "c160_all": ("levels", replace(BASE, image_size=160, epochs=30, val_fraction=0.0)),
 }
 # What a plain run measures; the others are there for --only.
 DEFAULT_RUN = ("c96", "bin96")

@@ -56,7 +56,12 @@ class VisionTrainingConfig(Config):
     max_seconds: float = 240.0
     seed: int = 0
     members: int = 1
-    test_time_flips: bool = False
+    # Each prediction averages the photo's 4 flips: about a point of holdout accuracy for 4x a
+    # forward pass that costs well under a millisecond per photo at 96 px.
+    test_time_flips: bool = True
+    # Decide at the training data's class priors after the class-weighted loss: 1-3 points of
+    # 4-class accuracy in the measurements, the promotion metric.
+    prior_correction: bool = True
 
     def to_train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -73,6 +78,7 @@ class VisionTrainingConfig(Config):
             seed=self.seed,
             members=self.members,
             test_time_flips=self.test_time_flips,
+            prior_correction=self.prior_correction,
         )
 
 

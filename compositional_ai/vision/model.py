@@ -92,9 +92,22 @@ class DamageEnsemble(nn.Module):
     sees the image flipped left-right, up-down and both, and the 4 x members probabilities are
     averaged: the decision is then the same whoever calls the model (batch inference, the
     service, evaluation), with no flag to forget.
+
+    `class_weights` [members, classes], the loss weights each member was trained with, undoes
+    the prior shift a weighted loss causes: a member trained with weights w fits the posterior of
+    a population whose class priors are scaled by w, so its probabilities are divided by w and
+    renormalised, which returns them to the training population's priors (the ones whose argmax
+    maximises accuracy) while the weighting still made the rare classes count in training. A
+    weight of 0 (a class absent from a member's training data) gives that class probability 0.
     """
 
-    def __init__(self, members: list[DamageCNN], *, flips: bool = False) -> None:
+    def __init__(
+        self,
+        members: list[DamageCNN],
+        *,
+        flips: bool = False,
+        class_weights: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one member")
@@ -104,6 +117,16 @@ class DamageEnsemble(nn.Module):
         ((self.num_classes, self.image_size),) = sizes
         self.members = nn.ModuleList(members)
         self.flips = flips
+        if class_weights is not None:
+            class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
+            if class_weights.shape != (len(members), self.num_classes):
+                raise ValueError(
+                    f"class_weights must be [members, classes] = [{len(members)}, "
+                    f"{self.num_classes}], got {tuple(class_weights.shape)}"
+                )
+            if bool((class_weights < 0).any()) or not bool((class_weights > 0).any(dim=1).all()):
+                raise ValueError("class_weights must be >= 0 with a positive weight per member")
+        self.register_buffer("class_weights", class_weights)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.ndim == 3:
@@ -115,6 +138,12 @@ class DamageEnsemble(nn.Module):
         # One forward pass per member over every view at once: [views * N, 1, H, W].
         stacked = torch.cat(views)
         probabilities = torch.stack([torch.softmax(m(stacked), dim=1) for m in self.members])
+        if self.class_weights is not None:
+            # Weight 0 marks a class the member never saw in training: its prior there is 0.
+            weights = self.class_weights
+            inverse = torch.where(weights > 0, 1.0 / weights.clamp_min(1e-12), 0.0)
+            probabilities = probabilities * inverse[:, None, :]
+            probabilities = probabilities / probabilities.sum(dim=2, keepdim=True)
         mean = probabilities.mean(dim=0).reshape(len(views), images.shape[0], -1).mean(dim=0)
         return torch.log(mean.clamp_min(1e-12))
 

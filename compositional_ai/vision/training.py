@@ -57,6 +57,10 @@ class TrainConfig:
     members: int = 1
     # Average each prediction over the image's 4 flips (`DamageEnsemble(flips=True)`).
     test_time_flips: bool = False
+    # Divide each member's probabilities by its class weights (`DamageEnsemble`): decisions at
+    # the training data's priors, which maximises accuracy, after a loss that favoured rare
+    # classes. No effect with class_weighting "none".
+    prior_correction: bool = False
 
     def __post_init__(self) -> None:
         checks = (
@@ -301,7 +305,12 @@ def fit_ensemble(
         members.append(
             fit(images, labels, num_classes=num_classes, config=member_config, on_epoch=on_epoch)
         )
-    model = DamageEnsemble([m.model for m in members], flips=config.test_time_flips).eval()
+    weights = None
+    if config.prior_correction and config.class_weighting != "none":
+        weights = torch.tensor([m.class_weights for m in members])
+    model = DamageEnsemble(
+        [m.model for m in members], flips=config.test_time_flips, class_weights=weights
+    ).eval()
     return EnsembleResult(model=model, members=members, train_seconds=time.perf_counter() - started)
 
 
@@ -313,8 +322,10 @@ def fit_model(
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
 ) -> TrainResult | EnsembleResult:
-    """`fit` for one plain model, `fit_ensemble` when the config asks for members or flips."""
-    train = fit if config.members == 1 and not config.test_time_flips else fit_ensemble
+    """`fit` for one plain model, `fit_ensemble` when the config asks for members, flips or a
+    prior correction."""
+    plain = config.members == 1 and not (config.test_time_flips or config.prior_correction)
+    train = fit if plain else fit_ensemble
     return train(images, labels, num_classes=num_classes, config=config, on_epoch=on_epoch)
 
 

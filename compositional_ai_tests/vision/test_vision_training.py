@@ -348,3 +348,41 @@ def test_ensemble_refuses_members_of_different_sizes() -> None:
         DamageEnsemble([DamageCNN(4, image_size=32), DamageCNN(4, image_size=48)])
     with pytest.raises(ValueError, match="at least one member"):
         DamageEnsemble([])
+
+
+def test_prior_correction_divides_each_member_by_its_class_weights(trained) -> None:
+    result, _ = trained
+    images, _ = synthetic_cells(12, seed=15)
+    weights = torch.tensor([[0.5, 1.0, 2.0]])
+    corrected = DamageEnsemble([result.model], class_weights=weights).eval()
+    raw = predict_proba(result.model, images)
+    expected = raw / weights.numpy()
+    expected /= expected.sum(axis=1, keepdims=True)
+    assert np.allclose(predict_proba(corrected, images), expected, atol=1e-6)
+    # A class the member never trained on (weight 0) keeps probability 0.
+    absent = DamageEnsemble([result.model], class_weights=torch.tensor([[1.0, 0.0, 1.0]])).eval()
+    assert np.allclose(predict_proba(absent, images)[:, 1], 0.0, atol=1e-9)
+
+
+def test_fit_model_applies_the_prior_correction_of_the_weights_it_trained_with() -> None:
+    images, labels = synthetic_cells(60, seed=16)
+    labels = np.where(labels == 2, 0, labels)  # two classes, 2:1
+    config = dataclasses.replace(FAST, epochs=1, class_weighting="balanced", prior_correction=True)
+    result = fit_model(images, labels, num_classes=3, config=config)
+    (member,) = result.members
+    assert torch.allclose(result.model.class_weights, torch.tensor([member.class_weights]))
+    assert member.class_weights[2] == 0.0
+    assert np.allclose(predict_proba(result.model, images)[:, 2], 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [
+        [[1.0, 1.0]],  # one weight short of the classes
+        [[1.0, -1.0, 1.0]],  # negative
+        [[0.0, 0.0, 0.0]],  # nothing left to predict
+    ],
+)
+def test_ensemble_refuses_unusable_class_weights(weights) -> None:
+    with pytest.raises(ValueError, match="class_weights"):
+        DamageEnsemble([DamageCNN(3, image_size=32)], class_weights=torch.tensor(weights))
