@@ -35,7 +35,8 @@ dev: setup
 evaluate: setup
 	$(BIN)/compositional-ai evaluate
 
-# The feedback loop replayed: confirmed labels against the model's own predictions.
+# The feedback loop replayed through the HTTP repair service, one service per variant (after
+# `make demo`): confirmed labels against the model's own predictions.
 replay-loop: setup
 	$(BIN)/compositional-ai replay-loop
 

@@ -129,17 +129,26 @@ def _replay_loop(args: argparse.Namespace, paths: DataPaths) -> None:
 
     from compositional_ai.definitions import build_definitions
     from compositional_ai.demo import execute_job, init_dagster_home
-    from compositional_ai.feedback.replay_assets import PLOT_FILE, REPLAY_OP
+    from compositional_ai.feedback.replay_assets import LOOP_REPLAY, PLOT_FILE, REPLAY_OP
 
     os.environ.setdefault("DAGSTER_HOME", str(init_dagster_home(paths)))
     defs = build_definitions(paths)
-    config = {"image_size": args.image_size, "epochs": args.epochs, "seed": args.seed}
+    config = {
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "seed": args.seed,
+        "through_service": not args.in_process,
+        "connections": args.connections,
+    }
+    if not args.in_process:
+        print(
+            "starting one repair service per variant on 127.0.0.1 (data under "
+            f"{paths.root / 'replay'}); every batch is posted to them over HTTP ..."
+        )
     started = time.perf_counter()
+    instance = DagsterInstance.get()
     execute_job(
-        defs,
-        DagsterInstance.get(),
-        "loop_replay_job",
-        run_config={"ops": {REPLAY_OP: {"config": config}}},
+        defs, instance, "loop_replay_job", run_config={"ops": {REPLAY_OP: {"config": config}}}
     )
     table = defs.resources["warehouse"].query(
         "select * from feedback.feedback_loop_replay order by step, variant",
@@ -150,15 +159,34 @@ def _replay_loop(args: argparse.Namespace, paths: DataPaths) -> None:
         "of each version, retrained on confirmed labels or on its own predictions\n"
     )
     print(
-        f"{'step':>4}  {'batch':<10}  {'version':<17}  {'rows':>5}  {'self-labels':>11}  "
-        f"{'4-class':>7}  {'binary':>7}"
+        f"{'step':>4}  {'batch':<10}  {'version':<17}  {'served':>6}  {'rows':>5}  "
+        f"{'self-labels':>11}  {'4-class':>7}  {'binary':>7}"
     )
     for row in table.iter_rows(named=True):
+        # In process there is no registry: the version's only name is the replay's own.
+        served = row["served_version"] if row["served_version"] != row["model_version"] else "-"
         print(
             f"{row['step']:>4}  {row['batch']:<10}  {row['model_version']:<17}  "
-            f"{row['train_rows']:>5}  {row['self_label_share']:>11.0%}  "
-            f"{row['four_class_accuracy']:>7.3f}  {row['binary_accuracy']:>7.3f}"
+            f"{served:>6}  {row['train_rows']:>5}  "
+            f"{row['self_label_share']:>11.0%}  {row['four_class_accuracy']:>7.3f}  "
+            f"{row['binary_accuracy']:>7.3f}"
         )
+    event = instance.get_latest_materialization_event(LOOP_REPLAY)
+    grading = event.asset_materialization.metadata["grading"].value if event else {}
+    if grading.get("through") == "http_service":
+        print(
+            f"\npredictions through HTTP: {grading['requests_sent']} assessments posted, "
+            f"{grading['failures']} failed, p50 latency {grading['p50_latency_ms']:.1f} ms "
+            f"over {grading['connections']} connections per service"
+        )
+        for variant, figures in grading["variants"].items():
+            print(
+                f"  {variant}: served versions {', '.join(figures['served_versions'])}; "
+                f"{figures['outcomes_posted']} technician outcomes posted; "
+                f"served log {figures['served_log']}"
+            )
+    else:
+        print("\npredictions made in process (--in-process)")
     print(f"\nPlot: {paths.reports / PLOT_FILE}")
 
 
@@ -196,12 +224,20 @@ def main(argv: list[str] | None = None) -> None:
     ).set_defaults(run=_evaluate)
     replay = commands.add_parser(
         "replay-loop",
-        help="replay the batches: the repair model retrained on confirmed labels beside one "
-        "retrained on its own predictions",
+        help="replay the batches through the HTTP repair service: the repair model retrained on "
+        "confirmed labels beside one retrained on its own predictions",
     )
     replay.add_argument("--image-size", type=int, default=48)
     replay.add_argument("--epochs", type=int, default=8)
     replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument(
+        "--connections", type=int, default=8, help="concurrent connections to each service"
+    )
+    replay.add_argument(
+        "--in-process",
+        action="store_true",
+        help="predict in this process instead of through the HTTP repair services",
+    )
     replay.set_defaults(run=_replay_loop)
     lineage = commands.add_parser(
         "lineage", help="follow one model version's predictions through the feedback loop"

@@ -2,12 +2,19 @@
 labels, and retrained on its own unconfirmed predictions (pure numpy / polars / torch).
 
 The replay starts from the seed state, a model trained on the workshop archive (the first batch).
-For every later batch in order, the current model of each variant grades the batch's photos the
-way the service does (batched `predict_proba` under inference mode), then each variant retrains:
+For every later batch in order, the current version of each variant grades the batch's photos,
+the technician outcomes the batch brings are recorded, then each variant retrains:
 
-- "confirmed" on every technician label available by then. Outcomes arrive one batch late, so a
-  label of batch j is usable from batch j + 1 on (and never before the batch that confirmed it);
+- "confirmed" on the archive plus every technician label recorded by then. Outcomes arrive one
+  batch late, so a label of batch j is usable from batch j + 1 on (and never before the batch
+  that confirmed it);
 - "self_labelled" on the archive plus its own predictions for every batch so far, unconfirmed.
+
+Where a variant's versions answer is a `Grader`: `InProcessGrader` runs the model here (batched
+`predict_proba` under inference mode, the service's code path); `service_replay.ServiceGrader`
+sends every photo to a real repair service over HTTP. Each variant learns from what its grader
+logged, never from the replay's own copy of the answers: its predictions, and the outcomes
+recorded against them.
 
 Each version is trained from scratch with the same seed (no warm start), as the feedback asset
 trains the next repair model, so the two curves differ only by the labels they learned from.
@@ -16,7 +23,9 @@ Every version is scored on the fixed holdout, which no training set ever contain
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -44,11 +53,16 @@ REPLAY_SCHEMA = {
     "batch": pl.String,
     "variant": pl.String,
     "model_version": pl.String,
+    # The version id the variant's grader reports for it (the service's registry version).
+    "served_version": pl.String,
     "train_rows": pl.Int64,
     "self_label_share": pl.Float64,
     "four_class_accuracy": pl.Float64,
     "binary_accuracy": pl.Float64,
 }
+
+# The figures of a version that go with it where it is published.
+REPLAY_METRICS = ("train_rows", "self_label_share", "four_class_accuracy", "binary_accuracy")
 
 TRAINING_ROWS_SCHEMA = {
     "step": pl.Int64,
@@ -60,15 +74,30 @@ TRAINING_ROWS_SCHEMA = {
     "label_origin": pl.String,
 }
 
+# What a grader answers for each request it graded, and what it logged: `request_id` is the
+# landing request's id, `served_request_id` the id the grader gave the assessment, and
+# `model_version` the version the grader says answered.
+GRADED_SCHEMA = {
+    "request_id": pl.String,
+    "served_request_id": pl.String,
+    "photo_sha256": pl.String,
+    "model_version": pl.String,
+    "predicted_level": pl.Int64,
+    "confidence": pl.Float64,
+}
+
+# The technician labels a grader recorded against its assessments.
+RECORDED_LABELS_SCHEMA = {
+    "request_id": pl.String,
+    "photo_sha256": pl.String,
+    "damage_level": pl.Int64,
+}
+
 PREDICTIONS_SCHEMA = {
     "step": pl.Int64,
     "batch": pl.String,
     "variant": pl.String,
-    "model_version": pl.String,
-    "request_id": pl.String,
-    "photo_sha256": pl.String,
-    "predicted_level": pl.Int64,
-    "confidence": pl.Float64,
+    **GRADED_SCHEMA,
 }
 
 
@@ -110,7 +139,8 @@ class ReplayConfig:
 
 @dataclass
 class ReplayResult:
-    """The per-version table, every version's training rows, and every prediction made."""
+    """The per-version table, every version's training rows, every prediction made, and the
+    grader's account of how the predictions were made."""
 
     table: pl.DataFrame
     training_rows: pl.DataFrame
@@ -118,6 +148,94 @@ class ReplayResult:
     majority_four_class_accuracy: float
     majority_binary_accuracy: float
     seconds: float
+    grading: dict = field(default_factory=dict)
+
+
+class Grader(Protocol):
+    """Where each variant's current version answers, and what it logged."""
+
+    def publish(self, variant: str, version: str, model, metrics: dict) -> str:
+        """Make `model` the version that grades the variant's next batch; return its id."""
+        ...
+
+    def grade(self, variant: str, requests: pl.DataFrame, images: np.ndarray) -> pl.DataFrame:
+        """Grade the requests (request_id, photo_sha256, ...; `images` decoded in the same
+        order) with the variant's current version: rows of GRADED_SCHEMA."""
+        ...
+
+    def confirm(self, variant: str, labels: pl.DataFrame) -> None:
+        """Record technician outcomes (rows of the labels frame) against the variant's
+        assessments of those requests."""
+        ...
+
+    def logged_predictions(self, variant: str) -> pl.DataFrame:
+        """Every successful assessment the variant's grader logged: rows of GRADED_SCHEMA."""
+        ...
+
+    def recorded_labels(self, variant: str) -> pl.DataFrame:
+        """Every technician label recorded with the variant's grader: RECORDED_LABELS_SCHEMA."""
+        ...
+
+    def summary(self) -> dict:
+        """How the grading went: requests, failures, latency, versions served."""
+        ...
+
+
+class InProcessGrader:
+    """Each variant's current version predicts here, in batches, as the service's code does."""
+
+    def __init__(self) -> None:
+        self._current: dict[str, tuple[str, object]] = {}
+        self._graded: dict[str, list[pl.DataFrame]] = {}
+        self._labels: dict[str, list[pl.DataFrame]] = {}
+        self._published: dict[str, list[str]] = {}
+
+    def publish(self, variant: str, version: str, model, metrics: dict) -> str:
+        self._current[variant] = (version, model)
+        self._published.setdefault(variant, []).append(version)
+        return version
+
+    def grade(self, variant: str, requests: pl.DataFrame, images: np.ndarray) -> pl.DataFrame:
+        version, model = self._current[variant]
+        proba = predict_proba(model, images, batch_size=INFERENCE_BATCH_SIZE)
+        graded = requests.select(
+            "request_id",
+            pl.col("request_id").alias("served_request_id"),
+            "photo_sha256",
+            pl.lit(version).alias("model_version"),
+            pl.Series("predicted_level", proba.argmax(axis=1).astype(np.int64)),
+            pl.Series("confidence", proba.max(axis=1).astype(np.float64)),
+        ).cast(GRADED_SCHEMA)
+        self._graded.setdefault(variant, []).append(graded)
+        return graded
+
+    def confirm(self, variant: str, labels: pl.DataFrame) -> None:
+        # A technician confirms an assessment: labels of requests never graded are not recorded.
+        graded = self.logged_predictions(variant).select("request_id")
+        recorded = labels.join(graded, on="request_id", how="semi")
+        self._labels.setdefault(variant, []).append(
+            recorded.select(list(RECORDED_LABELS_SCHEMA)).cast(RECORDED_LABELS_SCHEMA)
+        )
+
+    def logged_predictions(self, variant: str) -> pl.DataFrame:
+        return _concat_or_empty(self._graded.get(variant, []), GRADED_SCHEMA)
+
+    def recorded_labels(self, variant: str) -> pl.DataFrame:
+        return _concat_or_empty(self._labels.get(variant, []), RECORDED_LABELS_SCHEMA)
+
+    def summary(self) -> dict:
+        return {
+            "through": "in_process",
+            "requests_sent": sum(
+                frame.height for frames in self._graded.values() for frame in frames
+            ),
+            "failures": 0,
+            "published_versions": self._published,
+        }
+
+
+def _concat_or_empty(frames: list[pl.DataFrame], schema: dict) -> pl.DataFrame:
+    return pl.concat(frames) if frames else pl.DataFrame(schema=schema)
 
 
 def model_version(variant: str, step: int) -> str:
@@ -144,6 +262,18 @@ def confirmed_by(labels: pl.DataFrame, batch: str, archive: str) -> pl.DataFrame
     return usable.select(
         "request_id", "photo_sha256", "damage_level", pl.lit(TECHNICIAN).alias("label_origin")
     )
+
+
+def outcomes_arriving(
+    labels: pl.DataFrame, batch: str, previous: str, archive: str
+) -> pl.DataFrame:
+    """The technician labels that become usable with `batch` and were not with `previous`: the
+    outcomes the batch brings for the requests of earlier online batches."""
+
+    def usable(by: str) -> pl.Expr:
+        return (pl.col("request_batch") < by) & (pl.col("confirmed_in_batch") <= by)
+
+    return labels.filter((pl.col("request_batch") != archive) & usable(batch) & ~usable(previous))
 
 
 def self_labelled_by(archive_rows: pl.DataFrame, own_predictions: pl.DataFrame) -> pl.DataFrame:
@@ -183,17 +313,21 @@ def replay_feedback_loop(
     photos: pl.DataFrame,
     *,
     config: ReplayConfig,
+    grader: Grader | None = None,
     on_step: Callable[[dict], None] | None = None,
 ) -> ReplayResult:
     """Replay the batches for both variants and score every version on the holdout.
 
     `labels`: technician labels (request_id, request_batch, confirmed_in_batch, photo_sha256,
-    damage_level); `requests`: what the service assessed (request_id, batch, photo_sha256);
+    damage_level, and whatever else the grader needs to record an outcome); `requests`: what the
+    service assessed (request_id, batch, photo_sha256, and whatever else the grader sends);
     `holdout`: sha256, damage_level, content; `photos`: sha256, content of every label and
     request photo. Batch keys sort in time order; the first batch is the workshop archive.
-    `on_step` receives each row of the table as it is recorded.
+    `grader` (default: an `InProcessGrader`) grades the batches; `on_step` receives each row of
+    the table as it is recorded.
     """
     started = time.perf_counter()
+    grader = InProcessGrader() if grader is None else grader
     holdout_shas = holdout["sha256"].implode()
     batches = sorted(set(labels["request_batch"].to_list()) | set(requests["batch"].to_list()))
     if not batches:
@@ -221,32 +355,36 @@ def replay_feedback_loop(
     trained: list[pl.DataFrame] = []
     predicted: list[pl.DataFrame] = []
 
-    def train(step: int, batch: str, variant: str, training: pl.DataFrame):
+    def train(training: pl.DataFrame) -> tuple[pl.DataFrame, object]:
         # The holdout is for scoring only: whatever the labels say, its photos never train.
         training = training.filter(~pl.col("photo_sha256").is_in(holdout_shas)).sort("request_id")
-        version = model_version(variant, step)
         result = fit(
             pixels.of(training["photo_sha256"]),
             training["damage_level"].cast(pl.Int64).to_numpy(),
             num_classes=NUM_LEVELS,
             config=train_config,
         )
-        record(step, batch, variant, version, training, result.model)
-        return result.model
+        return training, result.model
 
-    def record(step, batch, variant, version, training, model) -> None:
+    def release(step: int, batch: str, variant: str, training: pl.DataFrame, model) -> None:
+        # Scored here, not through the grader: holdout photos must never enter a served log,
+        # where they would become self-labels.
         four, binary = holdout_scores(model, holdout_images, holdout_levels)
+        version = model_version(variant, step)
         row = {
             "step": step,
             "batch": batch,
             "variant": variant,
             "model_version": version,
+            "served_version": None,
             "train_rows": training.height,
             "self_label_share": training.filter(pl.col("label_origin") == MODEL).height
             / training.height,
             "four_class_accuracy": four,
             "binary_accuracy": binary,
         }
+        metrics = {key: row[key] for key in REPLAY_METRICS}
+        row["served_version"] = grader.publish(variant, version, model, metrics)
         rows.append(row)
         trained.append(
             training.with_columns(
@@ -261,32 +399,41 @@ def replay_feedback_loop(
     previous = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
     try:
-        # Both variants start from the same seed model: train it once, record it for each.
-        seed = train(0, archive, CONFIRMED, archive_rows)
-        record(0, archive, SELF_LABELLED, model_version(SELF_LABELLED, 0), archive_rows, seed)
-        models = dict.fromkeys(VARIANTS, seed)
+        # Both variants start from the same seed model: train it once, release it to each.
+        seed_rows, seed = train(archive_rows)
+        for variant in VARIANTS:
+            release(0, archive, variant, seed_rows, seed)
         for step, batch in enumerate(batches[1:], start=1):
             arrived = requests.filter(pl.col("batch") == batch).sort("request_id")
             images = pixels.of(arrived["photo_sha256"])
-            for variant in VARIANTS:
-                proba = predict_proba(models[variant], images, batch_size=INFERENCE_BATCH_SIZE)
+            # The variants' graders are independent: grading both at once overlaps one
+            # service's waits (disk syncs, the network) with the other's work.
+            with ThreadPoolExecutor(len(VARIANTS)) as pool:
+                pending = [pool.submit(grader.grade, v, arrived, images) for v in VARIANTS]
+                answers = [future.result() for future in pending]
+            for variant, graded in zip(VARIANTS, answers, strict=True):
                 predicted.append(
-                    arrived.select("request_id", "photo_sha256").with_columns(
+                    graded.with_columns(
                         pl.lit(step).alias("step"),
                         pl.lit(batch).alias("batch"),
                         pl.lit(variant).alias("variant"),
-                        pl.lit(model_version(variant, step - 1)).alias("model_version"),
-                        pl.Series("predicted_level", proba.argmax(axis=1).astype(np.int64)),
-                        pl.Series("confidence", proba.max(axis=1).astype(np.float64)),
                     )
                 )
-            own = pl.concat(predicted).filter(pl.col("variant") == SELF_LABELLED)
-            models = {
-                CONFIRMED: train(step, batch, CONFIRMED, confirmed_by(labels, batch, archive)),
-                SELF_LABELLED: train(
-                    step, batch, SELF_LABELLED, self_labelled_by(archive_rows, own)
-                ),
-            }
+            grader.confirm(CONFIRMED, outcomes_arriving(labels, batch, batches[step - 1], archive))
+            confirmed = pl.concat(
+                [
+                    archive_rows,
+                    grader.recorded_labels(CONFIRMED).with_columns(
+                        pl.lit(TECHNICIAN).alias("label_origin")
+                    ),
+                ],
+                how="vertical_relaxed",
+            )
+            own = self_labelled_by(archive_rows, grader.logged_predictions(SELF_LABELLED))
+            for variant, training in ((CONFIRMED, confirmed), (SELF_LABELLED, own)):
+                training, model = train(training)
+                release(step, batch, variant, training, model)
+        grading = grader.summary()
     finally:
         torch.set_num_threads(previous)
 
@@ -306,4 +453,5 @@ def replay_feedback_loop(
         ),
         majority_binary_accuracy=max(defective_share, 1 - defective_share),
         seconds=time.perf_counter() - started,
+        grading=grading,
     )

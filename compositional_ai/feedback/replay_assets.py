@@ -2,8 +2,11 @@
 
 `feedback/feedback_loop_replay` retrains the repair model batch by batch on technician-confirmed
 labels and, beside it, on its own unconfirmed predictions, and scores every version on the
-holdout (see compositional_ai.feedback.loop_replay). It trains 2 models per landing batch, so it
-belongs to no sensor-driven job: `loop_replay_job` runs it alone, on demand.
+holdout (see compositional_ai.feedback.loop_replay). By default each variant's predictions come
+from a real repair service over HTTP, serving that variant's current version from a registry of
+its own under `<data>/replay/<variant>/` (see compositional_ai.feedback.service_replay). It
+trains 2 models per landing batch, so it belongs to no sensor-driven job: `loop_replay_job` runs
+it alone, on demand.
 """
 
 import base64
@@ -30,6 +33,8 @@ from compositional_ai.feedback.loop_replay import (
     ReplayConfig,
     replay_feedback_loop,
 )
+from compositional_ai.feedback.service_replay import ServiceGrader, ServiceOptions
+from compositional_ai.landing.formats import CATALOG_FILE
 from compositional_ai.repair_service.vision_models import photo_contents
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.settings import DataPaths
@@ -38,6 +43,8 @@ LOOP_REPLAY = AssetKey(["feedback", "feedback_loop_replay"])
 # The asset's op name, under which run config gives it a LoopReplayConfig.
 REPLAY_OP = "feedback__feedback_loop_replay"
 PLOT_FILE = "feedback_loop_replay.png"
+# The replay services' data directories, one per variant, under the data directory.
+REPLAY_DIR = "replay"
 
 CONFIRMED_LABELS = AssetKey(["gold", "confirmed_labels"])
 INFERENCE_LOG = AssetKey(["repair", "repair_inference_log"])
@@ -45,13 +52,18 @@ HOLDOUT_PHOTOS = AssetKey(["silver", "holdout_photos"])
 REPAIR_PHOTOS = AssetKey(["silver", "repair_photos"])
 
 LABELS_SQL = (
-    "select request_id, request_batch, confirmed_in_batch, photo_sha256, damage_level "
-    "from gold.confirmed_labels"
+    "select request_id, request_batch, confirmed_in_batch, photo_sha256, damage_level, "
+    "technician_id, cell_type, inspected_at from gold.confirmed_labels"
 )
-# The landing batches' assessments: the requests the service graded, batch by batch.
+# The landing batches' assessments: the requests the service graded, batch by batch, with the
+# fields its form asks for. The contacts are silver's pseudonyms: the replay posts what the
+# warehouse holds and never reads the raw contacts back out of bronze.
 REQUESTS_SQL = (
-    "select request_id, batch, input_sha256 as photo_sha256 from repair.repair_inference_log "
-    "where status = 'ok' and source = 'batch'"
+    "select i.request_id, i.batch, i.input_sha256 as photo_sha256, i.product_id, "
+    "r.name_pseudonym as name, r.email_pseudonym as email, r.phone_pseudonym as phone "
+    "from repair.repair_inference_log i "
+    "left join silver.repair_requests r on r.request_id = i.request_id and r.batch = i.batch "
+    "where i.status = 'ok' and i.source = 'batch'"
 )
 HOLDOUT_SQL = "select sha256, damage_level, content from silver.holdout_photos"
 
@@ -76,9 +88,13 @@ class LoopReplayConfig(Config):
     class_weighting: str = "sqrt"
     seed: int = 0
     num_threads: int = 1
+    # True: every prediction comes from a repair service over HTTP; False: in this process.
+    through_service: bool = True
+    # Concurrent connections to each service while a batch is posted.
+    connections: int = 8
 
     def to_replay_config(self) -> ReplayConfig:
-        return ReplayConfig(**self.model_dump())
+        return ReplayConfig(**self.model_dump(exclude={"through_service", "connections"}))
 
 
 def replay_curves_png(
@@ -138,10 +154,24 @@ def table_markdown(table: pl.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def reports_dir(warehouse: Warehouse) -> Path:
-    """The reports folder of the data directory the warehouse belongs to."""
+def data_paths(warehouse: Warehouse) -> DataPaths:
+    """The layout of the data directory the warehouse belongs to."""
     # The resources carry no DataPaths; the warehouse file sits at the root of its layout.
-    return DataPaths(Path(warehouse.path).resolve().parent).reports
+    return DataPaths(Path(warehouse.path).resolve().parent)
+
+
+def grading_metadata(grading: dict) -> dict:
+    """The asset metadata saying how the replay's predictions were made."""
+    through = grading.get("through", "in_process")
+    metadata = {
+        "predictions_through": MetadataValue.text(through),
+        "grading": MetadataValue.json(grading),
+        "served_requests": MetadataValue.int(int(grading.get("requests_sent", 0))),
+        "served_failures": MetadataValue.int(int(grading.get("failures", 0))),
+    }
+    if grading.get("p50_latency_ms") is not None:
+        metadata["served_p50_latency_ms"] = MetadataValue.float(grading["p50_latency_ms"])
+    return metadata
 
 
 @asset(
@@ -171,20 +201,46 @@ def feedback_loop_replay(
 
     def on_step(row: dict) -> None:
         context.log.info(
-            f"step {row['step']} ({row['batch']}) {row['model_version']}: "
+            f"step {row['step']} ({row['batch']}) {row['model_version']} "
+            f"(served as {row['served_version']}): "
             f"{row['train_rows']} rows, {row['self_label_share']:.0%} self-labelled, "
             f"four-class {row['four_class_accuracy']:.3f}, binary {row['binary_accuracy']:.3f}"
         )
 
-    result = replay_feedback_loop(
-        labels, requests, holdout, photos, config=replay_config, on_step=on_step
-    )
+    paths = data_paths(warehouse)
+    if config.through_service:
+        grader = ServiceGrader(
+            paths.root / REPLAY_DIR,
+            paths.reference / CATALOG_FILE,
+            photos,
+            options=ServiceOptions(connections=config.connections),
+            run_tag=context.run.run_id,
+        )
+        with grader:
+            context.log.info(
+                "each variant's predictions come from its own repair service: "
+                + ", ".join(f"{variant} at {grader.url(variant)}" for variant in VARIANTS)
+            )
+            result = replay_feedback_loop(
+                labels,
+                requests,
+                holdout,
+                photos,
+                config=replay_config,
+                grader=grader,
+                on_step=on_step,
+            )
+    else:
+        result = replay_feedback_loop(
+            labels, requests, holdout, photos, config=replay_config, on_step=on_step
+        )
+    context.log.info(f"predictions: {result.grading}")
     png = replay_curves_png(
         result.table,
         majority_four_class=result.majority_four_class_accuracy,
         majority_binary=result.majority_binary_accuracy,
     )
-    folder = reports_dir(warehouse)
+    folder = paths.reports
     folder.mkdir(parents=True, exist_ok=True)
     png_path = folder / PLOT_FILE
     png_path.write_bytes(png)
@@ -192,6 +248,7 @@ def feedback_loop_replay(
     final = {
         row["variant"]: {
             "model_version": row["model_version"],
+            "served_version": row["served_version"],
             "four_class_accuracy": row["four_class_accuracy"],
             "binary_accuracy": row["binary_accuracy"],
             "self_label_share": row["self_label_share"],
@@ -213,6 +270,7 @@ def feedback_loop_replay(
             ),
             "majority_binary_accuracy": MetadataValue.float(result.majority_binary_accuracy),
             "replay_seconds": MetadataValue.float(result.seconds),
+            **grading_metadata(result.grading),
             "replay_config": MetadataValue.json(config.model_dump()),
             "trained_rows_by_origin": MetadataValue.json(
                 {

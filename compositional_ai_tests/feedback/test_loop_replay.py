@@ -3,7 +3,6 @@
 import base64
 import io
 
-import numpy as np
 import polars as pl
 import pytest
 from dagster import DagsterInstance, Definitions, materialize
@@ -16,7 +15,9 @@ from compositional_ai.feedback.loop_replay import (
     REPLAY_SCHEMA,
     SELF_LABELLED,
     TECHNICIAN,
+    InProcessGrader,
     ReplayConfig,
+    outcomes_arriving,
     replay_feedback_loop,
 )
 from compositional_ai.feedback.replay_assets import (
@@ -27,7 +28,7 @@ from compositional_ai.feedback.replay_assets import (
     loop_replay_job,
     replay_curves_png,
 )
-from compositional_ai.lib.tables import connect_warehouse, write_frame
+from compositional_ai.lib.tables import connect_warehouse
 from compositional_ai.settings import DataPaths
 
 ARCHIVE, B1, B2, B3 = "2026-01-05", "2026-01-12", "2026-01-19", "2026-01-26"
@@ -35,74 +36,10 @@ TINY = {"image_size": 16, "epochs": 1, "batch_size": 8, "width": 4, "val_fractio
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _png(seed: int, level: int) -> bytes:
-    # Brighter photos for higher levels, so the labels are learnable; the seed makes each unique.
-    rng = np.random.default_rng(seed)
-    pixels = np.clip(rng.normal(40 + 60 * level, 20, (20, 20)), 0, 255).astype(np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def _sha(seed: int) -> str:
-    return f"photo{seed:04d}"
-
-
 @pytest.fixture(scope="module")
-def landed():
-    """An archive of 24 labels, 3 online batches of 8, a holdout of 8, and two leaks.
-
-    Batch j's labels are confirmed in batch j + 1; the last batch stays unconfirmed. The archive
-    carries a 25th label and batch 1 one request whose photo is a holdout photo.
-    """
-    holdout = pl.DataFrame(
-        {
-            "sha256": [_sha(900 + i) for i in range(8)],
-            "damage_level": [i % 4 for i in range(8)],
-            "content": [_png(900 + i, i % 4) for i in range(8)],
-        }
-    )
-    leaked = holdout["sha256"][0]
-    requests, labels, photos = [], [], {}
-    for batch_index, (batch, count, confirmed_in) in enumerate(
-        [(ARCHIVE, 24, ARCHIVE), (B1, 8, B2), (B2, 8, B3), (B3, 8, None)]
-    ):
-        for i in range(count):
-            seed = 100 * batch_index + i
-            level = i % 4
-            sha = _sha(seed)
-            photos[sha] = _png(seed, level)
-            if batch_index == 1 and i == 0:
-                sha = leaked
-            request_id = f"r{seed:04d}"
-            if batch != ARCHIVE:
-                requests.append({"request_id": request_id, "batch": batch, "photo_sha256": sha})
-            if confirmed_in is not None:
-                labels.append(
-                    {
-                        "request_id": request_id,
-                        "request_batch": batch,
-                        "confirmed_in_batch": confirmed_in,
-                        "photo_sha256": sha,
-                        "damage_level": level,
-                    }
-                )
-    labels.append(
-        {
-            "request_id": "r0999",
-            "request_batch": ARCHIVE,
-            "confirmed_in_batch": ARCHIVE,
-            "photo_sha256": leaked,
-            "damage_level": 0,
-        }
-    )
-    photos[leaked] = holdout["content"][0]
-    return {
-        "labels": pl.DataFrame(labels),
-        "requests": pl.DataFrame(requests),
-        "holdout": holdout,
-        "photos": pl.DataFrame({"sha256": list(photos), "content": list(photos.values())}),
-    }
+def landed(replay_landing):
+    """The shared small landing (see conftest): archive, 3 batches of 8, holdout of 8."""
+    return replay_landing
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +141,35 @@ def test_confirmed_labels_arrive_one_batch_late(replay, landed, step, batches):
     assert set(trained["request_batch"].unique().to_list()) == batches
 
 
+@pytest.mark.parametrize(
+    ("batch", "previous", "request_batches"),
+    [
+        # Batch 1 brings no outcome: the archive confirmed itself, batch 1 is not inspected yet.
+        (B1, ARCHIVE, set()),
+        # Batch 2 brings batch 1's outcomes, and only those.
+        (B2, B1, {B1}),
+        (B3, B2, {B2}),
+        # Nothing arrives twice: what was usable with batch 2 is not brought again by batch 3.
+        (B3, B1, {B1, B2}),
+    ],
+)
+def test_outcomes_arrive_once_with_the_next_batch(landed, batch, previous, request_batches):
+    arriving = outcomes_arriving(landed["labels"], batch, previous, ARCHIVE)
+    assert set(arriving["request_batch"].unique().to_list()) == request_batches
+    assert arriving.height == 8 * len(request_batches)
+
+
+def test_the_in_process_grader_records_only_labels_of_graded_requests(landed):
+    grader = InProcessGrader()
+    model = object()
+    assert grader.publish(CONFIRMED, "confirmed-v1", model, {}) == "confirmed-v1"
+    labels = landed["labels"].filter(pl.col("request_batch") == B1)
+    # Nothing graded yet: a technician has no assessment to confirm.
+    grader.confirm(CONFIRMED, labels)
+    assert grader.recorded_labels(CONFIRMED).is_empty()
+    assert grader.summary()["requests_sent"] == 0
+
+
 def test_every_version_predicts_the_next_batch(replay):
     counts = replay.predictions.group_by("step", "variant", "model_version").len().sort("step")
     # Each of the 3 online batches is graded by the previous version of each variant.
@@ -211,6 +177,10 @@ def test_every_version_predicts_the_next_batch(replay):
     assert set(counts["len"].to_list()) == {8}
     first = counts.filter(pl.col("step") == 1)["model_version"].sort().to_list()
     assert first == ["confirmed-v1", "self_labelled-v1"]
+    # In process, the version a grader reports is the replay's own name for it.
+    assert (replay.table["served_version"] == replay.table["model_version"]).all()
+    assert replay.grading["through"] == "in_process"
+    assert replay.grading["requests_sent"] == 2 * 24
 
 
 def test_both_variants_start_from_the_same_seed_model(replay):
@@ -271,37 +241,15 @@ def test_the_curves_render_as_a_png(replay):
     assert Image.open(io.BytesIO(png)).size == (1000, 440)
 
 
-def _write(paths: DataPaths, landed) -> None:
-    labels = landed["labels"]
-    requests = landed["requests"]
-    tables = {
-        ("gold", "confirmed_labels"): labels.with_columns(
-            pl.lit("technician").alias("label_origin")
-        ),
-        ("repair", "repair_inference_log"): requests.select(
-            "request_id",
-            "batch",
-            pl.col("photo_sha256").alias("input_sha256"),
-            pl.lit("ok").alias("status"),
-            pl.lit("batch").alias("source"),
-        ),
-        ("silver", "holdout_photos"): landed["holdout"],
-        ("silver", "repair_photos"): landed["photos"],
-    }
-    with connect_warehouse(paths.warehouse, purpose="test: replay inputs") as con:
-        for (schema, table), frame in tables.items():
-            write_frame(con, schema, table, frame)
-
-
-def test_the_asset_stores_the_table_and_attaches_the_plot(tmp_path, landed):
+def test_the_asset_stores_the_table_and_attaches_the_plot(tmp_path, landed, write_replay_inputs):
     paths = DataPaths(tmp_path)
-    _write(paths, landed)
+    write_replay_inputs(paths, landed)
     with DagsterInstance.ephemeral() as instance:
         result = materialize(
             [feedback_loop_replay],
             resources=build_resources(paths),
             instance=instance,
-            run_config={"ops": {REPLAY_OP: {"config": TINY}}},
+            run_config={"ops": {REPLAY_OP: {"config": {**TINY, "through_service": False}}}},
         )
     assert result.success
     with connect_warehouse(paths.warehouse, purpose="test: read replay") as con:
@@ -320,6 +268,8 @@ def test_the_asset_stores_the_table_and_attaches_the_plot(tmp_path, landed):
     encoded = inline.split("data:image/png;base64,", 1)[1].rstrip(")")
     assert base64.b64decode(encoded) == png_path.read_bytes()
     assert metadata["final_versions"].value[SELF_LABELLED]["model_version"] == "self_labelled-v4"
+    assert metadata["predictions_through"].value == "in_process"
+    assert metadata["served_requests"].value == 2 * 24
     assert metadata["trained_rows_by_origin"].value == {
         "confirmed/technician": 24 + 24 + 31 + 39,
         "self_labelled/model": 7 + 15 + 23,
