@@ -59,4 +59,5 @@ lint: setup
 	$(BIN)/ruff format --check .
 
 clean:
-	rm -rf $(DATA)/landing $(DATA)/warehouse.duckdb* $(DATA)/mlflow $(DATA)/dagster_home $(DATA)/reports
+	rm -rf $(DATA)/landing $(DATA)/warehouse.duckdb* $(DATA)/mlflow $(DATA)/dagster_home $(DATA)/reports \
+		$(DATA)/replay
