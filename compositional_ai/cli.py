@@ -117,7 +117,14 @@ def _evaluate(_args: argparse.Namespace, paths: DataPaths) -> None:
         print(f"  {name:<58} {100 * value:5.1f} %")
     for cell_type, value in repair["four_class_accuracy_by_cell_type"].items():
         print(f"  repair model, 4-class accuracy, {cell_type:<27} {100 * value:5.1f} %")
-    print(f"  repair model training time {repair['train_seconds']:.0f} s on this machine")
+    for cell_type, value in repair["binary_accuracy_by_cell_type"].items():
+        print(f"  repair model, binary accuracy, {cell_type:<28} {100 * value:5.1f} %")
+    config = results["config"]
+    print(
+        f"  repair model: {config['members']} member(s) at {config['image_size']} px, "
+        f"{repair['train_seconds']:.0f} s of training on this machine "
+        f"({repair['stopped_reason']}); defect detector {detector['train_seconds']:.0f} s"
+    )
     print("published on the same protocol:")
     for name, value in results["published"].items():
         print(f"  {name:<58} {100 * value:5.1f} %")
