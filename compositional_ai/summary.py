@@ -8,6 +8,7 @@ from compositional_ai.recommendation.assets import RECOMMENDER
 from compositional_ai.repair_service.assets import REPAIR_MODEL
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.warehouse.lookups import table_exists
 
 SCHEMAS = (
     "bronze",
@@ -57,6 +58,44 @@ def quarantine_counts(warehouse: Warehouse) -> dict[str, int]:
     return dict(frame.iter_rows())
 
 
+LABELS_SQL = (
+    "select label_origin, count(*) as rows, count(*) filter (where confirmed) as confirmed "
+    "from gold.damage_labels group by label_origin order by label_origin"
+)
+# Model and chatbot labels against the technician's label of the same request.
+AGREEMENT_SQL = """
+select l.label_origin, count(*) as compared,
+       count(*) filter (where l.damage_level = t.damage_level) as agreeing
+from gold.damage_labels l
+join (select request_id, any_value(damage_level) as damage_level from gold.damage_labels
+      where label_origin = 'technician' group by request_id) t using (request_id)
+where l.label_origin in ('model', 'chatbot')
+group by l.label_origin order by l.label_origin
+"""
+
+
+def label_figures(warehouse: Warehouse) -> dict:
+    """Damage labels by origin (how many, how many confirmed) and how often model and chatbot
+    labels agree with the technician; empty before gold.damage_labels exists."""
+    if not table_exists(warehouse, "gold", "damage_labels"):
+        return {}
+    by_origin = {
+        origin: {"rows": rows, "confirmed": confirmed}
+        for origin, rows, confirmed in warehouse.query(LABELS_SQL, purpose="summary").iter_rows()
+    }
+    agreement = {
+        origin: {
+            "compared": compared,
+            "agreeing": agreeing,
+            "agreement": round(agreeing / compared, 4) if compared else None,
+        }
+        for origin, compared, agreeing in warehouse.query(
+            AGREEMENT_SQL, purpose="summary"
+        ).iter_rows()
+    }
+    return {"by_origin": by_origin, "agreement_with_technicians": agreement}
+
+
 def model_figures(registry: ModelRegistry) -> dict:
     figures = {}
     for name in MODELS:
@@ -75,6 +114,7 @@ def build_summary(warehouse: Warehouse, registry: ModelRegistry) -> dict:
         "tables": totals,
         "rows_by_batch": by_batch,
         "quarantine": quarantine_counts(warehouse),
+        "labels": label_figures(warehouse),
         "models": model_figures(registry),
         "baselines": {"elpv_paper_cnn_accuracy": PAPER_CNN_ACCURACY},
     }
@@ -101,6 +141,21 @@ def render(summary: dict) -> str:
     lines.append("Quarantined rows by reason:")
     for reason, rows in summary["quarantine"].items() or {"(none)": 0}.items():
         lines.append(f"  {reason:<45} {rows:>7}")
+    labels = summary.get("labels") or {}
+    if labels:
+        lines.append("Damage labels by origin (only technician labels are confirmed):")
+        agreement = labels.get("agreement_with_technicians", {})
+        for origin, figures in labels["by_origin"].items():
+            detail = ""
+            if origin in agreement:
+                detail = (
+                    f"  agree with the technician on {_pct(agreement[origin]['agreement'])} of "
+                    f"{agreement[origin]['compared']} labelled requests"
+                )
+            lines.append(
+                f"  {origin:<12} {figures['rows']:>7} rows, {figures['confirmed']:>7} confirmed"
+                + detail
+            )
     lines.append(
         "Models (holdout = the fixed 25 % stratified elpv split; binary: defective = "
         "defect probability >= 0.5):"

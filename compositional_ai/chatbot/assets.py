@@ -28,6 +28,9 @@ CAPTURE_LOG_SCHEMA = {
     "request_id": pl.String,
     "damage_details": pl.String,
     "damage_keywords": pl.List(pl.String),
+    # The damage level the customer reported (extractor.DAMAGE_LEVEL_CUES), the chatbot's label.
+    "reported_damage_level": pl.Int64,
+    "reported_level_confidence": pl.Float64,
     "name_pseudonym": pl.String,
     "email_pseudonym": pl.String,
     "phone_pseudonym": pl.String,
@@ -229,5 +232,13 @@ def chatbot_capture(
         )
         for field in ("name", "email", "phone")
     }
+    reported = log["reported_damage_level"].drop_nulls()
+    captured["reported_level_share"] = MetadataValue.float(
+        reported.len() / log.height if log.height else 0.0
+    )
+    levels = reported.value_counts().sort("reported_damage_level")
+    captured["reported_levels"] = MetadataValue.json(
+        {str(level): count for level, count in levels.iter_rows()}
+    )
     yield Output(log, output_name="chatbot_capture_log", metadata=captured)
     yield Output(withhold_personal_records(result.quarantine), output_name="chat_quarantine")

@@ -9,11 +9,15 @@ rather not say", "no thanks") yields null rather than a guess.
 Everything is vectorised polars: the slot of each customer turn comes from a forward fill over
 the bot turns, the parsers are regular expressions (Rust `regex` syntax, no look-around), and the
 per-transcript row is a group-by that keeps the first usable answer of each slot.
+
+The damage answer also yields the damage level the customer reports (0-3, the technicians'
+scale), from the severity vocabulary DAMAGE_LEVEL_CUES; it is the chatbot's label of the photo,
+with a confidence, and null when the answer is declined or no level stands out.
 """
 
 import polars as pl
 
-EXTRACTOR_VERSION = "slots-1.0"
+EXTRACTOR_VERSION = "slots-1.1"
 
 TURN_COLUMNS = ("transcript_id", "request_id", "turn_index", "speaker", "asks", "text")
 
@@ -23,6 +27,8 @@ OUTPUT_SCHEMA = pl.Schema(
         "request_id": pl.String,
         "damage_details": pl.String,
         "damage_keywords": pl.List(pl.String),
+        "reported_damage_level": pl.Int64,
+        "reported_level_confidence": pl.Float64,
         "name": pl.String,
         "email": pl.String,
         "phone": pl.String,
@@ -99,6 +105,67 @@ _DAMAGE_NEGATION = (
     r"\b(?:no|not|never|without|isn't|wasn't|aren't|weren't|hasn't|haven't|zero)\s+"
     r"(?:(?:any|been|got|a|an|the|signs? of|visible|obvious|real)\s+){0,2}[\w-]+"
 )
+
+# Damage levels the customer reports, on the technicians' 0-3 scale: level -> cue -> pattern, on
+# the lower-cased damage answer. Level 0 cues and the cues in _LEVEL_CUES_ON_RAW_TEXT are
+# negations themselves ("nothing visible", "doesn't light up") and run on the raw answer; the
+# others run with negated mentions removed, so "no big crack" is no cue. Each matching cue is one
+# vote for its level: the reported level is the level with the most votes, null on a tie or
+# when nothing matches, and its confidence is its share of all votes (1.0 when every cue agrees).
+DAMAGE_LEVEL_CUES: dict[int, dict[str, str]] = {
+    # Nothing visible: the customer sees no damage at all.
+    0: {
+        "nothing_visible": (
+            r"\bnothing (?:visible|wrong|obvious)\b|\bnothing (?:is |looks )?(?:broken|damaged)\b"
+        ),
+        "sees_no_damage": (
+            r"\b(?:can't|cannot|can not|don't|do not|couldn't|could not) (?:see|find|spot)"
+            r" (?:anything|any damage|a thing|any cracks?)\b"
+        ),
+        "looks_fine": (
+            r"\b(?:looks?|seems?) (?:okay|ok|fine|normal|good|intact|undamaged)\b|\bundamaged\b"
+            r"|\bno (?:visible |obvious )?(?:damage|cracks?|marks?)\b"
+        ),
+    },
+    # Minor: one small mark, a thin line or a few spots, often at an edge or corner.
+    1: {
+        "small_mark": (
+            r"\b(?:thin|small|tiny|hairline|minor|faint|little|slight)(?: \w+)?"
+            r" (?:lines?|cracks?|scratch(?:es)?|spots?|marks?|chips?)\b"
+        ),
+        "edge_or_corner": (
+            r"\b(?:near|at|on|in|across|along) (?:the |one |a )?(?:edges?|corners?)\b"
+        ),
+        "a_few_spots": (
+            r"\b(?:a couple of|a few|one or two|two or three)(?: \w+){0,2}"
+            r" (?:spots?|lines?|marks?|dots?)\b"
+        ),
+    },
+    # Moderate: a clear crack, or a part of the cell gone darker.
+    2: {
+        "clear_crack": r"\b(?:clear|visible|noticeable|obvious|proper|long|deep) cracks?\b",
+        "part_darker": (
+            r"\b(?:part|section|area|region|chunk|patch|piece)(?: of it)? (?:\w+ ){0,3}"
+            r"(?:darker|dimmer|grey|gray|dim)\b"
+        ),
+        "dimmer": r"\b(?:darker|dimmer|greyer|grayer|gone grey|gone gray)\b",
+        "cracks": r"\b(?:there are|there's|with|and) (?:some |several |a few |two )?cracks\b",
+    },
+    # Severe: badly broken, or most of the cell dark.
+    3: {
+        "badly_damaged": (
+            r"\b(?:badly|severely|heavily|completely|totally) (?:cracked|damaged|broken)\b"
+        ),
+        "mostly_dark": r"\b(?:most|half|all|much)(?: of it)? (?:\w+ ){0,4}(?:black|dark|dead)\b",
+        "large_part": r"\b(?:big|large|huge|major|good) (?:part|portion|half)\b",
+        "completely_dark": r"\b(?:completely|totally|entirely|fully|mostly) (?:dark|black|dead)\b",
+        "broken": r"\b(?:shattered|smashed|broken|destroyed|ruined)\b",
+        "no_light": (
+            r"\b(?:doesn't|does not|don't|do not|won't|will not|no longer|not) (?:light up|glow)\b"
+        ),
+    },
+}
+_LEVEL_CUES_ON_RAW_TEXT = frozenset({"no_light"})
 
 # Names: strip polite openers and "my name is"-style lead-ins, cut at the first clause break,
 # then accept only one to five words of letters (apostrophes, hyphens and dots inside), with an
@@ -243,6 +310,34 @@ def damage_keywords(details: pl.Expr) -> pl.Expr:
     return pl.concat_list(hits).list.drop_nulls()
 
 
+def reported_damage_level(details: pl.Expr) -> tuple[pl.Expr, pl.Expr]:
+    """The damage level a description reports (DAMAGE_LEVEL_CUES) and the share of cue votes
+    it won; both null for a null description, a tie or a description with no cue."""
+    lower = details.str.replace_all("\u2019", "'", literal=True).str.to_lowercase()
+    affirmed = lower.str.replace_all(_DAMAGE_NEGATION, " ")
+    votes = [
+        pl.sum_horizontal(
+            (lower if level == 0 or cue in _LEVEL_CUES_ON_RAW_TEXT else affirmed)
+            .str.contains(pattern)
+            .fill_null(False)
+            .cast(pl.Int64)
+            for cue, pattern in cues.items()
+        )
+        for level, cues in sorted(DAMAGE_LEVEL_CUES.items())
+    ]
+    top = pl.max_horizontal(votes)
+    total = pl.sum_horizontal(votes)
+    winners = pl.sum_horizontal((vote == top).cast(pl.Int64) for vote in votes)
+    clear = (top > 0) & (winners == 1)
+    level = pl.coalesce(
+        pl.when(vote == top).then(pl.lit(index, pl.Int64)) for index, vote in enumerate(votes)
+    )
+    return (
+        pl.when(clear).then(level),
+        pl.when(clear).then(top.cast(pl.Float64) / total),
+    )
+
+
 def _normalise_turns(turns: pl.DataFrame) -> pl.DataFrame:
     missing = [c for c in TURN_COLUMNS if c not in turns.columns]
     if missing:
@@ -297,6 +392,7 @@ def extract_slots(turns: pl.DataFrame) -> pl.DataFrame:
         ),
     )
     transcripts = ordered.group_by("transcript_id").agg(pl.col("request_id").drop_nulls().first())
+    reported_level, reported_confidence = reported_damage_level(pl.col("damage_details"))
     out = (
         transcripts.join(slots, on="transcript_id", how="left")
         .with_columns(
@@ -306,6 +402,8 @@ def extract_slots(turns: pl.DataFrame) -> pl.DataFrame:
         )
         .with_columns(
             damage_keywords=damage_keywords(pl.col("damage_details").fill_null("")),
+            reported_damage_level=reported_level,
+            reported_level_confidence=reported_confidence,
             senior_citizen=pl.col("age") >= SENIOR_AGE,
             captured_email=pl.col("email").is_not_null(),
             captured_phone=pl.col("phone").is_not_null(),

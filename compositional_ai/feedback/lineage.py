@@ -80,8 +80,10 @@ PREDICTION_SOURCES = (("repair", "repair_inference_log"), ("repair", "served_inf
 # One row per prediction and (if any) per model version that learned from it. Columns:
 # predicted_by / predicted_by_version, the prediction; confirmed_level, the technician's label
 # where one exists; label_origin, how the prediction entered a training set (technician = its
-# confirmed label, model = its own prediction as a self-label); consumed_by / consumed_by_version,
-# the model that learned from it; later_predictions, how many predictions that version made.
+# confirmed label, model = its own prediction as a self-label, chatbot = what the customer
+# reported, synthetic = a synthetic photo made from its photo, carrying its technician label);
+# consumed_by / consumed_by_version, the model that learned from it; later_predictions, how many
+# predictions that version made.
 VIEW_SQL = """
 create or replace view gold.prediction_lineage as
 with predictions as ({predictions}),

@@ -13,9 +13,12 @@ Layout under the landing root::
         customers.csv               CRM export of the customers seen in the batch (CUSTOMER_COLUMNS)
         outcomes.csv                technician outcomes (OUTCOME_COLUMNS), for the previous
                                     batch's requests; the first batch confirms its own
+        synthetic.csv               the synthetic photos of the batch (SYNTHETIC_COLUMNS)
+        synthetic/<file>.png        synthetic photos, each made from one real photo (its parent)
         _READY                      written last: JSON manifest {"files": {name: sha256}, ...}
 
-A batch folder without `_READY` is still being written and is never ingested.
+A batch folder without `_READY` is still being written and is never ingested. The synthetic
+files are optional; a batch without them has no synthetic photos.
 """
 
 READY_MARKER = "_READY"
@@ -24,6 +27,8 @@ CHATS_FILE = "chats.jsonl"
 CUSTOMERS_FILE = "customers.csv"
 OUTCOMES_FILE = "outcomes.csv"
 PHOTOS_DIR = "photos"
+SYNTHETIC_FILE = "synthetic.csv"
+SYNTHETIC_DIR = "synthetic"
 
 CATALOG_FILE = "catalog.csv"
 HOLDOUT_DIR = "holdout"
@@ -101,3 +106,29 @@ DAMAGE_LEVELS = (0, 1, 2, 3)
 CATALOG_COLUMNS = ("product_id", "product_line", "title", "list_price_usd", "rating")
 
 HOLDOUT_COLUMNS = ("photo_file", "sha256", "defect_probability", "damage_level", "cell_type")
+# An optional holdout column: who gave the label. Only technician (expert) labels may evaluate a
+# model; a holdout row with another origin fails the holdout's blocking check.
+HOLDOUT_ORIGIN_COLUMN = "label_origin"
+
+# Who gave a damage label: a technician who inspected the photo (the only confirmed labels), the
+# repair model's prediction, the customer's own description in the chat, or the parent's
+# technician label carried over to a synthetic photo.
+TECHNICIAN = "technician"
+MODEL = "model"
+CHATBOT = "chatbot"
+SYNTHETIC = "synthetic"
+LABEL_ORIGINS = (TECHNICIAN, MODEL, CHATBOT, SYNTHETIC)
+
+# synthetic.csv: one row per synthetic photo. photo is "synthetic/<file>.png"; sha256 is the
+# photo's digest and parent_sha256 the digest of the real training photo it was made from (a
+# photo of this batch or an earlier one, never a holdout photo); synthetic must be true;
+# generator_version names the generator; transforms describes what it did (JSON, optional). A
+# synthetic photo carries no label of its own: it inherits its parent's technician label.
+SYNTHETIC_COLUMNS = (
+    "photo",
+    "sha256",
+    "parent_sha256",
+    "synthetic",
+    "generator_version",
+    "transforms",
+)

@@ -13,6 +13,11 @@ it (one row per transcript, columns CHAT_TRUTH_COLUMNS) for tests of the chat ex
 
 With `inject_faults=True` each build carries one fault of every kind in FAULT_KINDS, spread over
 the batches and listed in `LandingSummary.faults`.
+
+Each batch also lands synthetic photos (`landing.synthetic`), about `synthetic_share` of its
+photo count, made from the real photos whose technician outcomes arrive in that batch: so a
+synthetic photo never precedes its parent's label, and no holdout photo is ever a parent.
+`LandingSummary.synthetic` lists them with their parents (SYNTHETIC_TRUTH_COLUMNS).
 """
 
 import dataclasses
@@ -40,6 +45,9 @@ from compositional_ai.landing.formats import (
     PHOTOS_DIR,
     READY_MARKER,
     REQUESTS_FILE,
+    SYNTHETIC_COLUMNS,
+    SYNTHETIC_DIR,
+    SYNTHETIC_FILE,
 )
 from compositional_ai.landing.sources import (
     license_notes,
@@ -47,6 +55,7 @@ from compositional_ai.landing.sources import (
     load_customers,
     load_support_phrases,
 )
+from compositional_ai.landing.synthetic import GENERATOR_VERSION, synthesize
 
 # One of each, in this order; the order decides which batch each lands in (see _fault_batches).
 FAULT_KINDS = (
@@ -73,6 +82,21 @@ OFFSETS = (0, 1, -5, 2, -8)
 OFFSET_WEIGHTS = (0.35, 0.30, 0.20, 0.10, 0.05)
 # Requests keep this far from the week's edges, so their local date stays inside the week too.
 WEEK_MARGIN = timedelta(hours=9)
+
+# Synthetic photos per batch, as a share of the batch's photos; their own random stream keeps
+# the rest of a build the same whatever the share.
+SYNTHETIC_SHARE = 0.10
+SYNTHETIC_STREAM = 5_318
+SYNTHETIC_TRUTH_COLUMNS = (
+    "batch_id",
+    "photo",
+    "sha256",
+    "parent_sha256",
+    "parent_request_id",
+    "parent_batch_id",
+    "damage_level",
+    "cell_type",
+)
 
 CHAT_TRUTH_COLUMNS = (
     "transcript_id",
@@ -221,7 +245,8 @@ class LandingSummary:
     """What `build_demo_landing` wrote.
 
     `counts` maps each written data file (relative to the root) to its line or row count, and each
-    photo folder to its number of files; `chat_truth` holds what was said in every chat.
+    photo folder to its number of files; `chat_truth` holds what was said in every chat and
+    `synthetic` every synthetic photo with its parent.
     """
 
     root: Path
@@ -231,6 +256,7 @@ class LandingSummary:
     licenses: dict[str, str]
     catalog_dropped: int
     chat_truth: pl.DataFrame
+    synthetic: pl.DataFrame
 
 
 @dataclass
@@ -590,11 +616,18 @@ def _write_reference(
 
 
 def _write_batch(
-    batches_dir: Path, batch: _Batch, files: dict[str, bytes], counts: dict[str, int]
+    batches_dir: Path,
+    batch: _Batch,
+    files: dict[str, bytes],
+    counts: dict[str, int],
+    synthetic: dict[str, bytes],
 ) -> None:
     staging = batches_dir / f".tmp-{batch.batch_id}"
     (staging / PHOTOS_DIR).mkdir(parents=True)
+    (staging / SYNTHETIC_DIR).mkdir()
     manifest = {name: _write(staging / name, data) for name, data in files.items()}
+    for name, data in synthetic.items():
+        manifest[f"{SYNTHETIC_DIR}/{name}"] = _write(staging / SYNTHETIC_DIR / name, data)
     for request in batch.requests:
         data = Path(request.source_path).read_bytes()
         if request.photo_file in batch.truncated:
@@ -612,6 +645,79 @@ def _write_batch(
     prefix = f"batches/{batch.batch_id}/"
     counts.update({prefix + name: n for name, n in rows.items()})
     counts[prefix + PHOTOS_DIR] = len(batch.requests)
+    counts[prefix + SYNTHETIC_DIR] = len(synthetic)
+
+
+def _synthetic_parents(
+    batches: list[_Batch], share: float, rng: np.random.Generator
+) -> list[list[tuple[_Request, int]]]:
+    """Per batch, the requests whose photos become synthetic photos there, with their batch.
+
+    Parents are the photos whose technician label arrives in the batch (the outcomes it holds),
+    so a synthetic photo never lands before its parent's label. Photos touched by a fault are
+    left out: a truncated or quarantined parent would make its children unreadable or orphans.
+    """
+    owner = {id(r): b for b, batch in enumerate(batches) for r in batch.requests}
+    by_id = {r.request_id: r for batch in batches for r in batch.requests}
+    faulty = {id(r) for batch in batches for r in batch.faults.values()}
+    faulty |= {
+        id(by_id[batch.bad_outcome["request_id"]])
+        for batch in batches
+        if batch.bad_outcome is not None
+    }
+    chosen = []
+    for batch in batches:
+        labelled = [
+            by_id[row["request_id"]]
+            for row in batch.outcomes
+            if row["quote_accepted"] and id(by_id[row["request_id"]]) not in faulty
+        ]
+        n = min(len(labelled), round(share * len(batch.requests)))
+        picks = sorted(rng.choice(len(labelled), size=n, replace=False).tolist()) if n else []
+        chosen.append([(labelled[i], owner[id(labelled[i])]) for i in picks])
+    return chosen
+
+
+def _synthetic_files(
+    batch: _Batch,
+    parents: list[tuple[_Request, int]],
+    batch_ids: list[str],
+    seed: int,
+    index: int,
+) -> tuple[dict[str, bytes], bytes, list[dict]]:
+    """The synthetic photos of one batch, its synthetic.csv, and their truth rows."""
+    originals = [Path(request.source_path).read_bytes() for request, _ in parents]
+    made = synthesize(originals, seed=[seed, SYNTHETIC_STREAM, index])
+    photos, rows, truth = {}, [], []
+    for number, ((request, parent_batch), original, photo) in enumerate(
+        zip(parents, originals, made, strict=True)
+    ):
+        name = f"syn-{number:04d}-{request.photo_file}"
+        photos[name] = photo.png
+        row = {
+            "photo": f"{SYNTHETIC_DIR}/{name}",
+            "sha256": hashlib.sha256(photo.png).hexdigest(),
+            "parent_sha256": hashlib.sha256(original).hexdigest(),
+            "synthetic": True,
+            "generator_version": GENERATOR_VERSION,
+            "transforms": photo.transforms,
+        }
+        rows.append(row)
+        truth.append(
+            {
+                "batch_id": batch.batch_id,
+                "photo": row["photo"],
+                "sha256": row["sha256"],
+                "parent_sha256": row["parent_sha256"],
+                "parent_request_id": request.request_id,
+                "parent_batch_id": batch_ids[parent_batch],
+                "damage_level": request.damage_level,
+                "cell_type": request.cell_type,
+            }
+        )
+    schema = {name: pl.String for name in SYNTHETIC_COLUMNS} | {"synthetic": pl.Boolean}
+    manifest = pl.DataFrame(rows, schema=schema).select(SYNTHETIC_COLUMNS)
+    return photos, manifest.write_csv().encode("utf-8"), truth
 
 
 def _build(
@@ -623,6 +729,7 @@ def _build(
     max_holdout_photos: int | None,
     inject_faults: bool,
     start: date,
+    synthetic_share: float,
 ) -> LandingSummary:
     rng = np.random.default_rng(seed)
     labels = load_elpv_labels()
@@ -640,6 +747,11 @@ def _build(
     _plan_outcomes(batches, start, rng)
     if inject_faults:
         _plan_faults(batches, rng)
+    parents = _synthetic_parents(
+        batches, synthetic_share, np.random.default_rng([seed, SYNTHETIC_STREAM])
+    )
+    batch_ids = [batch.batch_id for batch in batches]
+    synthetic_truth: list[dict] = []
 
     counts: dict[str, int] = {}
     faults: list[Fault] = []
@@ -649,7 +761,7 @@ def _build(
     _write_reference(root, catalog, holdout, counts)
     batches_dir = root / "batches"
     batches_dir.mkdir()
-    for batch in batches:
+    for index, batch in enumerate(batches):
         chats = []
         for request in batch.requests:
             if request.customer not in personas:
@@ -683,7 +795,11 @@ def _build(
             CUSTOMERS_FILE: _customers_frame(batch, customers, faults).write_csv().encode(),
             OUTCOMES_FILE: _outcomes_frame(batch, faults).write_csv().encode(),
         }
-        _write_batch(batches_dir, batch, files, counts)
+        synthetic, files[SYNTHETIC_FILE], truth_rows = _synthetic_files(
+            batch, parents[index], batch_ids, seed, index
+        )
+        synthetic_truth.extend(truth_rows)
+        _write_batch(batches_dir, batch, files, counts, synthetic)
 
     order = {kind: i for i, kind in enumerate(FAULT_KINDS)}
     return LandingSummary(
@@ -712,6 +828,11 @@ def _build(
                 "declined": pl.String,
             },
         ).select(CHAT_TRUTH_COLUMNS),
+        synthetic=pl.DataFrame(
+            synthetic_truth,
+            schema={name: pl.String for name in SYNTHETIC_TRUTH_COLUMNS}
+            | {"damage_level": pl.Int64},
+        ).select(SYNTHETIC_TRUTH_COLUMNS),
     )
 
 
@@ -725,16 +846,20 @@ def build_demo_landing(
     inject_faults: bool = True,
     start: date = date(2026, 1, 5),
     overwrite: bool = False,
+    synthetic_share: float = SYNTHETIC_SHARE,
 ) -> LandingSummary:
     """Write the demo landing folder under `root` and describe what was written.
 
     A non-empty `root` is refused unless `overwrite`; then the new tree is built in a hidden
     sibling and swapped in by two renames, so readers see the old tree or the new, never a mix.
     Batches and the reference folder are each written under a hidden ".tmp-" name and renamed
-    into place, so readers must skip names that start with a dot.
+    into place, so readers must skip names that start with a dot. `synthetic_share` sizes each
+    batch's synthetic photos as a share of its photos; 0 lands none.
     """
     if n_batches < 2:
         raise ValueError("n_batches must be at least 2: the workshop archive and an online week")
+    if not 0.0 <= synthetic_share <= 1.0:
+        raise ValueError(f"synthetic_share must be within 0..1, got {synthetic_share}")
     root = Path(root)
     options = {
         "n_batches": n_batches,
@@ -743,6 +868,7 @@ def build_demo_landing(
         "max_holdout_photos": max_holdout_photos,
         "inject_faults": inject_faults,
         "start": start,
+        "synthetic_share": synthetic_share,
     }
     if not (root.exists() and any(root.iterdir())):
         root.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from compositional_ai.repair_service import served_log
 from compositional_ai.repair_service.assets import INFERENCE_LOG_SCHEMA
 from compositional_ai.resources.landing import LandingArea
 from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.warehouse import labels
 from compositional_ai.warehouse.lookups import table_exists
 from compositional_ai.warehouse.reporting import LABEL_COLUMNS, label_columns
 
@@ -184,4 +185,45 @@ def served_confirmed_labels(warehouse: Warehouse) -> pl.DataFrame:
             pl.lit("served").alias("channel"),
             pl.lit(None, pl.String).alias("customer_id"),
         )
+    )
+
+
+def table_columns(
+    warehouse: Warehouse, schema: str, table: str, columns: tuple[str, ...]
+) -> pl.DataFrame:
+    """The named columns of a warehouse table (missing ones null), or no rows when it does not
+    exist yet; only those columns are read, so photo bytes stay in the warehouse."""
+    if not table_exists(warehouse, schema, table):
+        return pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
+    present = set(
+        warehouse.query(
+            "select column_name from information_schema.columns "
+            "where table_schema = $schema and table_name = $table",
+            {"schema": schema, "table": table},
+            purpose=f"columns of {schema}.{table}",
+        )["column_name"].to_list()
+    )
+    # Identifiers come from code constants, never from data.
+    selected = ", ".join(
+        f'"{column}"' if column in present else f'null as "{column}"' for column in columns
+    )
+    return warehouse.query(
+        f'select {selected} from "{schema}"."{table}"', purpose=f"read {schema}.{table}"
+    )
+
+
+def all_damage_labels(
+    warehouse: Warehouse, landed: pl.DataFrame, inferences: pl.DataFrame
+) -> pl.DataFrame:
+    """Every damage label of the four origins (warehouse.labels): technician labels from landed
+    and served outcomes, model labels from `inferences` (both logs, `all_inferences`), chatbot
+    labels from the capture log, synthetic labels from silver's synthetic photos."""
+    return labels.damage_labels(
+        confirmed=all_confirmed_labels(warehouse, landed),
+        inferences=inferences,
+        capture_log=table_columns(
+            warehouse, "chatbot", "chatbot_capture_log", labels.CAPTURE_COLUMNS
+        ),
+        requests=table_columns(warehouse, "silver", "repair_requests", labels.REQUEST_COLUMNS),
+        synthetic=table_columns(warehouse, "silver", "synthetic_photos", labels.SYNTHETIC_COLUMNS),
     )

@@ -36,7 +36,7 @@ def _manifest_metadata(
     )
 
 
-def _line_source_asset(name: str, file_name: str, *, csv: bool):
+def _line_source_asset(name: str, file_name: str, *, csv: bool, optional: bool = False):
     @asset(
         name=name,
         key_prefix="bronze",
@@ -50,7 +50,7 @@ def _line_source_asset(name: str, file_name: str, *, csv: bool):
         frame = read_lines(
             folder / file_name, batch=context.partition_key, source_file=file_name, csv=csv
         )
-        if not (folder / file_name).is_file():
+        if not optional and not (folder / file_name).is_file():
             context.log.warning(f"batch {context.partition_key} has no {file_name}")
         _manifest_metadata(context, frame, ready_manifest(folder), [file_name])
         context.log.info(f"batch {context.partition_key}: {frame.height} lines of {file_name}")
@@ -64,6 +64,9 @@ repair_requests = _line_source_asset("repair_requests", formats.REQUESTS_FILE, c
 chat_transcripts = _line_source_asset("chat_transcripts", formats.CHATS_FILE, csv=False)
 customers = _line_source_asset("customers", formats.CUSTOMERS_FILE, csv=True)
 technician_outcomes = _line_source_asset("technician_outcomes", formats.OUTCOMES_FILE, csv=True)
+synthetic_manifest = _line_source_asset(
+    "synthetic_manifest", formats.SYNTHETIC_FILE, csv=True, optional=True
+)
 
 
 @asset(
@@ -79,6 +82,24 @@ def repair_photos(context: AssetExecutionContext, landing: LandingArea) -> pl.Da
     frame = read_files(folder / formats.PHOTOS_DIR, batch=context.partition_key, relative_to=folder)
     _manifest_metadata(context, frame, ready_manifest(folder), frame["source_file"].to_list())
     context.log.info(f"batch {context.partition_key}: {frame.height} photo files")
+    return frame
+
+
+@asset(
+    key_prefix="bronze",
+    group_name="bronze",
+    partitions_def=landing_batches,
+    tags=TABLE,
+    metadata={"partition_column": "batch"},
+)
+def synthetic_photos(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
+    """Every file in each batch's synthetic folder, bytes and sha256 included."""
+    folder = batch_folder(landing.batches, context.partition_key)
+    frame = read_files(
+        folder / formats.SYNTHETIC_DIR, batch=context.partition_key, relative_to=folder
+    )
+    _manifest_metadata(context, frame, ready_manifest(folder), frame["source_file"].to_list())
+    context.log.info(f"batch {context.partition_key}: {frame.height} synthetic photo files")
     return frame
 
 

@@ -1,8 +1,16 @@
 """Gold: BI tables and ML tables modelled from silver and the inference logs."""
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, MetadataValue, asset
+from dagster import AssetExecutionContext, AssetIn, AssetKey, MetadataValue, asset
 
+from compositional_ai.repair_service.served_assets import (
+    SERVED_INFERENCE_LOG,
+    SERVED_OUTCOMES,
+    all_damage_labels,
+    all_inferences,
+)
+from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.warehouse import labels as damage_labels_module
 from compositional_ai.warehouse import reporting
 
 TABLE = {"role": "table"}
@@ -32,6 +40,49 @@ def confirmed_labels(
         f"{requests.height} requests"
     )
     return labels
+
+
+@asset(
+    key_prefix="gold",
+    group_name="gold",
+    tags={"role": "feature_set"},
+    ins={
+        "labels": AssetIn(key=["gold", "confirmed_labels"]),
+        "inference_log": AssetIn(key=["repair", "repair_inference_log"]),
+    },
+    deps=[
+        SERVED_INFERENCE_LOG,
+        SERVED_OUTCOMES,
+        AssetKey(["chatbot", "chatbot_capture_log"]),
+        AssetKey(["silver", "repair_requests"]),
+        AssetKey(["silver", "synthetic_photos"]),
+    ],
+)
+def damage_labels(
+    context: AssetExecutionContext,
+    labels: pl.DataFrame,
+    inference_log: pl.DataFrame,
+    warehouse: Warehouse,
+) -> pl.DataFrame:
+    """Every damage label with its origin: technician (landed and served outcomes, the only
+    confirmed ones), model (predictions), chatbot (what customers reported) and synthetic
+    (synthetic photos with their parent's technician label).
+
+    gold.confirmed_labels stays the technician-only table the BI reports and the seed model
+    read; training sets choose from these rows only under their recorded label policies.
+    """
+    rows = all_damage_labels(warehouse, labels, all_inferences(warehouse, inference_log))
+    by_origin = dict(rows.group_by("label_origin").len().sort("label_origin").iter_rows())
+    agreement = damage_labels_module.agreement_with_technicians(rows)
+    context.log.info(f"gold.damage_labels: {rows.height} labels by origin {by_origin}")
+    context.add_output_metadata(
+        {
+            "rows_by_origin": MetadataValue.json(by_origin),
+            "confirmed_rows": int(rows["confirmed"].sum()),
+            "agreement_with_technicians": MetadataValue.json(agreement),
+        }
+    )
+    return rows
 
 
 @asset(

@@ -58,6 +58,8 @@ BATCH_ENTRIES = frozenset(
         formats.CUSTOMERS_FILE,
         formats.OUTCOMES_FILE,
         formats.PHOTOS_DIR,
+        formats.SYNTHETIC_FILE,
+        formats.SYNTHETIC_DIR,
     }
 )
 

@@ -1,4 +1,5 @@
-"""Reads of already-written warehouse tables that validation needs across batches."""
+"""Reads of already-written warehouse tables that validation needs across batches, and the
+holdout photos no training data may descend from."""
 
 import polars as pl
 
@@ -58,3 +59,13 @@ def quarantined_record_ids(
         purpose="lookup silver.quarantine",
     )
     return frame["record_id"].cast(pl.String)
+
+
+def holdout_shas(warehouse: Warehouse) -> pl.Series:
+    """The sha256 of every evaluation holdout photo in silver, none before the holdout landed."""
+    if not table_exists(warehouse, "silver", "holdout_photos"):
+        return pl.Series("sha256", [], dtype=pl.String)
+    frame = warehouse.query(
+        "select distinct sha256 from silver.holdout_photos", purpose="lookup holdout photos"
+    )
+    return frame["sha256"].cast(pl.String)

@@ -17,10 +17,15 @@ from dagster import (
     multi_asset,
 )
 
+from compositional_ai.landing import formats
 from compositional_ai.lib.pseudonym import pseudonym_key_from_env
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.warehouse import validation
-from compositional_ai.warehouse.lookups import column_values, quarantined_record_ids
+from compositional_ai.warehouse.lookups import (
+    column_values,
+    holdout_shas,
+    quarantined_record_ids,
+)
 from compositional_ai.warehouse.partitions import landing_batches
 from compositional_ai.warehouse.privacy import withhold_personal_records
 
@@ -29,6 +34,7 @@ BATCH_METADATA = {"partition_column": "batch"}
 CONSERVATION_CHECK = "bronze_rows_accounted_for"
 HAS_ROWS_CHECK = "partition_has_rows"
 PER_BATCH_TABLES = ("repair_photos", "repair_requests", "customers", "technician_outcomes")
+HOLDOUT_ORIGIN_CHECK = "holdout_labels_technician_only"
 
 
 def has_rows(table: str, rows: int, batch: str) -> AssetCheckResult:
@@ -77,12 +83,21 @@ def conservation(
         "customers": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
         "technician_outcomes": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
         "quarantine": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
+        "synthetic_photos": AssetOut(
+            key_prefix="silver",
+            tags=TABLE,
+            metadata=BATCH_METADATA,
+            description="Synthetic photos, each marked synthetic=true with its generator version "
+            "and its parent's sha256; never a label of their own.",
+        ),
     },
     ins={
         "bronze_photos": AssetIn(key=["bronze", "repair_photos"]),
         "bronze_requests": AssetIn(key=["bronze", "repair_requests"]),
         "bronze_customers": AssetIn(key=["bronze", "customers"]),
         "bronze_outcomes": AssetIn(key=["bronze", "technician_outcomes"]),
+        "bronze_synthetic_photos": AssetIn(key=["bronze", "synthetic_photos"]),
+        "bronze_synthetic_manifest": AssetIn(key=["bronze", "synthetic_manifest"]),
         "catalog": AssetIn(key=["silver", "product_catalog"]),
     },
     partitions_def=landing_batches,
@@ -112,6 +127,8 @@ def silver_batch(
     bronze_requests: pl.DataFrame,
     bronze_customers: pl.DataFrame,
     bronze_outcomes: pl.DataFrame,
+    bronze_synthetic_photos: pl.DataFrame,
+    bronze_synthetic_manifest: pl.DataFrame,
     catalog: pl.DataFrame,
 ):
     """Validate one landing batch into silver tables and one quarantine table."""
@@ -142,16 +159,33 @@ def silver_batch(
         pseudonym_key=key,
         now=now,
     )
+    # A synthetic photo's parent is a photo that landed clean, here or in an earlier batch.
+    synthetic = validation.validate_synthetic(
+        bronze_synthetic_photos,
+        bronze_synthetic_manifest,
+        known_photo_shas=pl.concat(
+            [
+                column_values(warehouse, "silver", "repair_photos", "sha256", batches_before=batch),
+                validated["repair_photos"].clean["sha256"],
+            ]
+        ),
+        holdout_shas=holdout_shas(warehouse),
+        earlier_synthetic_shas=column_values(
+            warehouse, "silver", "synthetic_photos", "sha256", batches_before=batch
+        ),
+    )
     quarantine = withhold_personal_records(
-        pl.concat([result.quarantine for result in validated.values()])
+        pl.concat([result.quarantine for result in (*validated.values(), *synthetic.values())])
     )
     bronze_rows = {
         "repair_photos": bronze_photos.height,
         "repair_requests": bronze_requests.height,
         "customers": bronze_customers.height,
         "technician_outcomes": bronze_outcomes.height,
+        "synthetic_photos": bronze_synthetic_photos.height,
+        "synthetic_manifest": bronze_synthetic_manifest.height,
     }
-    check = conservation(bronze_rows, validated)
+    check = conservation(bronze_rows, {**validated, **synthetic})
     for name, result in validated.items():
         context.log.info(
             f"batch {batch}: {name} {bronze_rows[name]} landed -> {result.clean.height} silver, "
@@ -159,6 +193,21 @@ def silver_batch(
         )
         yield Output(result.clean, output_name=name)
         yield has_rows(name, result.clean.height, batch)
+    marked = synthetic["synthetic_photos"].clean
+    context.log.info(
+        f"batch {batch}: {bronze_synthetic_photos.height} synthetic photo files and "
+        f"{bronze_synthetic_manifest.height} manifest rows landed -> {marked.height} silver"
+    )
+    yield Output(
+        marked,
+        output_name="synthetic_photos",
+        metadata={
+            "generator_versions": MetadataValue.json(
+                sorted(marked["generator_version"].unique().to_list())
+            ),
+            "parents": marked["parent_sha256"].n_unique(),
+        },
+    )
     reasons = (
         quarantine.group_by("source", "reason").len().sort("source", "reason")
         if quarantine.height
@@ -196,6 +245,23 @@ def product_catalog(context: AssetExecutionContext, bronze_catalog: pl.DataFrame
     return result.clean
 
 
+def holdout_origin_check(holdout: pl.DataFrame) -> AssetCheckResult:
+    """Check that every label the holdout scores models against is a technician's (expert's)."""
+    by_origin = dict(holdout.group_by("label_origin").len().sort("label_origin").iter_rows())
+    others = holdout.filter(pl.col("label_origin") != formats.TECHNICIAN).height
+    return AssetCheckResult(
+        check_name=HOLDOUT_ORIGIN_CHECK,
+        asset_key=AssetKey(["silver", "holdout_photos"]),
+        passed=others == 0,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "holdout_rows": holdout.height,
+            "non_technician_rows": others,
+            "rows_by_origin": MetadataValue.json(by_origin),
+        },
+    )
+
+
 @asset(
     key_prefix="silver",
     group_name="silver",
@@ -204,20 +270,28 @@ def product_catalog(context: AssetExecutionContext, bronze_catalog: pl.DataFrame
         "labels": AssetIn(key=["bronze", "holdout_labels"]),
         "photos": AssetIn(key=["bronze", "holdout_photos"]),
     },
+    check_specs=[
+        AssetCheckSpec(
+            HOLDOUT_ORIGIN_CHECK,
+            asset=AssetKey(["silver", "holdout_photos"]),
+            blocking=True,
+            description="Evaluation (holdout scoring) uses technician labels only: no model, "
+            "chatbot or synthetic label.",
+        )
+    ],
 )
-def holdout_photos(
-    context: AssetExecutionContext, labels: pl.DataFrame, photos: pl.DataFrame
-) -> pl.DataFrame:
+def holdout_photos(context: AssetExecutionContext, labels: pl.DataFrame, photos: pl.DataFrame):
     """The fixed evaluation holdout: photos with their expert labels, used only for evaluation."""
     result = validation.validate_holdout(labels, photos)
     if result.quarantine.height:
         context.log.warning(f"{result.quarantine.height} holdout labels rejected")
-    context.add_output_metadata(
-        {
+    yield Output(
+        result.clean,
+        metadata={
             "rejected_labels": result.quarantine.height,
             "by_level": MetadataValue.json(
                 result.clean.group_by("damage_level").len().sort("damage_level").to_dicts()
             ),
-        }
+        },
     )
-    return result.clean
+    yield holdout_origin_check(result.clean)

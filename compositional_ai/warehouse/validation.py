@@ -106,7 +106,17 @@ REASONS = {
     "too_many_pixels": "a photo's header claims more pixels than the limit (decompression bomb); "
     "it is rejected before decoding",
     # The evaluation holdout.
-    "sha256_mismatch": "a holdout photo's bytes do not match the digest in its label row",
+    "sha256_mismatch": "a holdout or synthetic photo's bytes do not match the digest listed for it",
+    # synthetic photos (synthetic.csv and synthetic/)
+    "invalid_digest": "a sha256 field is not 64 hexadecimal digits",
+    "not_marked_synthetic": "a synthetic manifest row does not say synthetic=true",
+    "unknown_parent": "a synthetic photo's parent_sha256 names no photo that landed clean in this "
+    "batch or an earlier one",
+    "holdout_parent": "a synthetic photo's parent is a photo of the evaluation holdout",
+    "duplicate_synthetic": "a synthetic photo is listed twice, or repeats a synthetic photo of an "
+    "earlier batch",
+    "unlisted_synthetic": "a file in synthetic/ has no manifest row that passed validation, so its "
+    "parent and generator are unknown",
 }
 
 # Clock skew tolerated before a timestamp counts as being in the future.
@@ -115,6 +125,7 @@ FUTURE_TOLERANCE = timedelta(minutes=5)
 EARLIEST_TIMESTAMP = datetime(2000, 1, 1, tzinfo=UTC)
 # Far above any real request or transcript line; a longer line is not parsed at all.
 MAX_LINE_CHARS = 1_000_000
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 INT_PATTERN = re.compile(r"[+-]?[0-9]+")
 FLOAT_PATTERN = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -923,14 +934,18 @@ def _file_record(row: dict) -> str:
 
 
 def validate_photos(
-    files: pl.DataFrame, *, max_bytes: int = MAX_PHOTO_BYTES, max_pixels: int = MAX_PHOTO_PIXELS
+    files: pl.DataFrame,
+    *,
+    max_bytes: int = MAX_PHOTO_BYTES,
+    max_pixels: int = MAX_PHOTO_PIXELS,
+    source: str = "repair_photos",
 ) -> Validated:
     """Check each landed photo file: its type, name and size, and that it really is an image.
 
     Image dimensions come from the file header before anything is decoded, so a decompression
-    bomb is rejected (too_many_pixels) without allocating its canvas.
+    bomb is rejected (too_many_pixels) without allocating its canvas. `source` names the photo
+    source in the quarantine rows.
     """
-    source = "repair_photos"
     clean, rejected = [], []
     for row in files.iter_rows(named=True):
         try:
@@ -978,6 +993,183 @@ def photo_status(validated: Validated) -> pl.DataFrame:
         "source_file", pl.lit(None, pl.String).alias("sha256"), pl.col("reason").alias("rejection")
     )
     return pl.concat([ok, bad])
+
+
+def _digest(record: dict, field: str) -> str:
+    value = _text(record, field).lower()
+    if not SHA256_PATTERN.fullmatch(value):
+        raise Rejected("invalid_digest", f"{field}={value[:80]!r} is not 64 hexadecimal digits")
+    return value
+
+
+def _synthetic_path(value: str) -> str:
+    path = PurePosixPath(value.replace("\\", "/"))
+    if path.is_absolute() or ".." in path.parts or path.parts[:1] != (formats.SYNTHETIC_DIR,):
+        raise Rejected(
+            "photo_path_outside_batch", f"{value!r} is not below {formats.SYNTHETIC_DIR}/"
+        )
+    return path.as_posix()
+
+
+def _parse_synthetic(text: str, header: str | None) -> dict:
+    record, extras = _csv_record(text, header, formats.SYNTHETIC_COLUMNS)
+    if not _bool(record, "synthetic"):
+        raise Rejected("not_marked_synthetic", "synthetic=false in the synthetic manifest")
+    return {
+        "photo": _synthetic_path(_text(record, "photo")),
+        "listed_sha256": _digest(record, "sha256"),
+        "parent_sha256": _digest(record, "parent_sha256"),
+        "generator_version": _text(record, "generator_version"),
+        "transforms": record["transforms"].strip() or None,
+        "extra_fields": extras,
+    }
+
+
+SYNTHETIC_SCHEMA = {
+    "batch": pl.String,
+    "source_file": pl.String,
+    "sha256": pl.String,
+    "format": pl.String,
+    "width": pl.Int64,
+    "height": pl.Int64,
+    "size_bytes": pl.Int64,
+    "content": pl.Binary,
+    "synthetic": pl.Boolean,
+    "generator_version": pl.String,
+    "parent_sha256": pl.String,
+    "transforms": pl.String,
+    "extra_fields": pl.String,
+    "manifest_file": pl.String,
+    "manifest_line": pl.Int64,
+}
+
+
+def _digests(values: pl.Series | None) -> pl.Series:
+    return _ids(values).str.to_lowercase()
+
+
+def validate_synthetic(
+    files: pl.DataFrame,
+    manifest: pl.DataFrame,
+    *,
+    known_photo_shas: pl.Series,
+    holdout_shas: pl.Series | None = None,
+    earlier_synthetic_shas: pl.Series | None = None,
+    max_bytes: int = MAX_PHOTO_BYTES,
+    max_pixels: int = MAX_PHOTO_PIXELS,
+) -> dict[str, Validated]:
+    """Validate a batch's synthetic photos against their manifest, their parents and the holdout.
+
+    A synthetic photo reaches silver only as one file and one manifest row that agree: the file
+    is a readable photo whose sha256 the row lists, the row says synthetic=true, and its parent
+    is a clean photo of this batch or an earlier one (`known_photo_shas`) and not a holdout
+    photo. Returns one `Validated` per bronze source, sharing the clean rows: synthetic_photos
+    (the files) and synthetic_manifest (the manifest lines).
+    """
+    checked = validate_photos(
+        files, max_bytes=max_bytes, max_pixels=max_pixels, source="synthetic_photos"
+    )
+    source = "synthetic_manifest"
+    parsed, quarantine = parse_lines(manifest, source, _parse_synthetic)
+    parts = [quarantine]
+    clean = pl.DataFrame(schema=SYNTHETIC_SCHEMA)
+    if parsed.height:
+        status = photo_status(checked)
+        parsed = parsed.with_columns(
+            pl.col("transforms").cast(pl.String), pl.col("extra_fields").cast(pl.String)
+        ).join(
+            status.select(
+                pl.col("source_file").alias("photo"),
+                pl.col("sha256").alias("file_sha256"),
+                "rejection",
+            ),
+            on="photo",
+            how="left",
+        )
+        holdout = _digests(holdout_shas).implode()
+        checks = [
+            (
+                pl.col("file_sha256").is_null() & pl.col("rejection").is_null(),
+                "photo_missing",
+                pl.format("{} is not in the batch", "photo"),
+            ),
+            (
+                pl.col("rejection").is_not_null(),
+                "photo_rejected",
+                pl.format("{} was quarantined: {}", "photo", "rejection"),
+            ),
+            (
+                pl.col("file_sha256") != pl.col("listed_sha256"),
+                "sha256_mismatch",
+                pl.format("{} does not match its listed sha256", "photo"),
+            ),
+            (
+                pl.col("parent_sha256").is_in(holdout),
+                "holdout_parent",
+                pl.format("{}'s parent {} is a holdout photo", "photo", "parent_sha256"),
+            ),
+            (
+                ~pl.col("parent_sha256").is_in(_digests(known_photo_shas).implode()),
+                "unknown_parent",
+                pl.format("{}'s parent {} is no landed photo", "photo", "parent_sha256"),
+            ),
+            (
+                pl.col("listed_sha256").is_in(_digests(earlier_synthetic_shas).implode()),
+                "duplicate_synthetic",
+                pl.format("{} already landed in an earlier batch", "photo"),
+            ),
+        ]
+        for mask, reason, detail in checks:
+            parsed, rejected = reject_where(parsed, manifest, source, mask, reason, detail)
+            parts.append(rejected)
+        parsed, rejected = reject_where(
+            parsed,
+            manifest,
+            source,
+            ~_first_of("listed_sha256"),
+            "duplicate_synthetic",
+            pl.format("{} repeats an earlier row of this manifest", "photo"),
+        )
+        parts.append(rejected)
+        rows = parsed.join(_line_keys(manifest, "source_file", "line_number"), on="_row").select(
+            pl.col("photo").alias("source_file"),
+            pl.lit(True).alias("synthetic"),
+            "generator_version",
+            "parent_sha256",
+            "transforms",
+            "extra_fields",
+            pl.col("source_file").alias("manifest_file"),
+            pl.col("line_number").alias("manifest_line"),
+        )
+        clean = checked.clean.join(rows, on="source_file", how="inner")
+        clean = clean.select(list(SYNTHETIC_SCHEMA)).cast(SYNTHETIC_SCHEMA)
+    unlisted = files.join(checked.clean.select("source_file"), on="source_file", how="semi").join(
+        clean.select("source_file"), on="source_file", how="anti"
+    )
+    file_quarantine = checked.quarantine
+    if unlisted.height:
+        file_quarantine = pl.concat(
+            [
+                file_quarantine,
+                unlisted.select(
+                    "batch",
+                    pl.lit("synthetic_photos").alias("source"),
+                    "source_file",
+                    pl.lit(None, pl.Int64).alias("line_number"),
+                    pl.lit(None, pl.String).alias("record_id"),
+                    pl.lit("unlisted_synthetic").alias("reason"),
+                    pl.format(
+                        "{} has no valid row in {}", "source_file", pl.lit(formats.SYNTHETIC_FILE)
+                    ).alias("detail"),
+                    pl.format("<{} bytes, kept in bronze>", "size_bytes").alias("record"),
+                    pl.col("file_sha256").alias("record_sha256"),
+                ).cast(QUARANTINE_SCHEMA),
+            ]
+        ).sort("source_file")
+    return {
+        "synthetic_photos": Validated(clean, file_quarantine),
+        "synthetic_manifest": Validated(clean, collect_quarantine(parts, manifest, "sha256")),
+    }
 
 
 @dataclass(frozen=True)
@@ -1119,12 +1311,20 @@ def validate_catalog(lines: pl.DataFrame) -> Validated:
 def _parse_holdout_label(text: str, header: str | None) -> dict:
     record, _extras = _csv_record(text, header, formats.HOLDOUT_COLUMNS)
     level = _int(record, "damage_level", 0, len(formats.DAMAGE_LEVELS) - 1)
+    # Without the optional column the labels are the experts' (the landing contract).
+    origin = record.get(formats.HOLDOUT_ORIGIN_COLUMN, "").strip() or formats.TECHNICIAN
+    if origin not in formats.LABEL_ORIGINS:
+        raise Rejected(
+            "unknown_value",
+            f"{formats.HOLDOUT_ORIGIN_COLUMN}={origin!r} is not one of {formats.LABEL_ORIGINS}",
+        )
     return {
         "photo_file": _text(record, "photo_file"),
         "label_sha256": _text(record, "sha256").lower(),
         "damage_level": level,
         "defect_probability": _float(record, "defect_probability", 0.0, 1.0),
         "cell_type": _choice(record, "cell_type", formats.CELL_TYPES),
+        "label_origin": origin,
     }
 
 
@@ -1135,6 +1335,7 @@ HOLDOUT_SCHEMA = {
     "defect_probability": pl.Float64,
     "cell_type": pl.String,
     "content": pl.Binary,
+    "label_origin": pl.String,
 }
 
 

@@ -5,6 +5,7 @@ from compositional_ai.chatbot.extractor import (
     EXTRACTOR_VERSION,
     OUTPUT_SCHEMA,
     extract_slots,
+    reported_damage_level,
 )
 
 
@@ -209,6 +210,62 @@ def test_damage_decline_is_null() -> None:
     row = _answer("damage", "I'd rather not say")
     assert row["damage_details"] is None
     assert row["damage_keywords"] == []
+    assert (row["reported_damage_level"], row["reported_level_confidence"]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("reply", "level", "confidence"),
+    [
+        ("Nothing visible, I'd just like someone to check it.", 0, 1.0),  # no damage seen
+        ("I can't see any damage, it just makes less power.", 0, 1.0),  # negation is the cue
+        ("Looks fine to me.", 0, 1.0),  # "looks fine"
+        ("There's a thin line running across one corner.", 1, 1.0),  # two minor cues agree
+        ("A couple of tiny dark spots have appeared.", 1, 1.0),  # "dark" alone is no severity
+        ("There's a hairline crack.", 1, 1.0),  # one minor cue
+        ("There's a clear crack and part of it has gone darker.", 2, 1.0),  # three moderate cues
+        ("One area looks dimmer than the rest.", 2, 1.0),  # a region gone dim
+        ("It's badly cracked and a big part of it is completely dark.", 3, 1.0),  # severe
+        ("Most of it is black now, it looks broken.", 3, 1.0),  # severe, two cues
+        ("It's shattered, about half of it doesn't light up at all.", 3, 1.0),  # negated cue
+        # The support phrase says the laptop screen is black: no severity cue for the cell.
+        ("My laptop screen is black. There's a small crack near the edge.", 1, 1.0),
+        # One minor cue against two severe ones: severe wins, with two votes in three.
+        ("A small crack at first, now it's shattered and mostly dark.", 3, 2 / 3),
+        # Two moderate cues (a part gone darker) against one minor one.
+        ("A tiny crack, and part of it looks darker.", 2, 2 / 3),
+        # One minor and one moderate cue: a tie, so no level.
+        ("A tiny crack here and a clear crack there.", None, None),
+        ("Cracked after it fell.", None, None),  # no size or extent: unclear
+        ("There's no big part missing, it's fine.", None, None),  # negated cue, nothing else
+        ("My screen is flickering.", None, None),  # a support phrase only
+    ],
+)
+def test_reported_damage_level(reply: str, level: int | None, confidence: float | None) -> None:
+    row = _answer("damage", reply)
+    assert row["reported_damage_level"] == level
+    if confidence is None:
+        assert row["reported_level_confidence"] is None
+    else:
+        assert row["reported_level_confidence"] == pytest.approx(confidence)
+
+
+def test_every_simulated_damage_phrase_reports_the_level_it_was_written_for() -> None:
+    from compositional_ai.landing.generate import _DAMAGE_DETAILS
+    from compositional_ai.landing.sources import load_support_phrases
+
+    rows = []
+    for level, phrases in _DAMAGE_DETAILS.items():
+        for phrase in phrases:
+            # The generator puts a support phrase before or after the description, or none.
+            for support in ("", *load_support_phrases()):
+                rows.append((level, f"{support} {phrase}".strip()))
+                rows.append((level, f"{phrase} Also, {support}".strip()))
+    frame = pl.DataFrame(rows, schema=["level", "text"], orient="row")
+    reported, _ = reported_damage_level(pl.col("text"))
+    wrong = frame.with_columns(reported=reported).filter(
+        pl.col("reported").is_null() | (pl.col("reported") != pl.col("level"))
+    )
+    assert wrong.rows() == []
 
 
 def test_full_transcript_and_schema() -> None:
@@ -231,6 +288,9 @@ def test_full_transcript_and_schema() -> None:
         "request_id": "req-t9",
         "damage_details": "Cracked after it fell 3 times, about 71 days ago",
         "damage_keywords": ["crack", "dropped"],
+        # A crack of no stated size or extent reports no level.
+        "reported_damage_level": None,
+        "reported_level_confidence": None,
         "name": "Wrenna Calloway",
         "email": "wrenna.c@example.org",
         "phone": "(555) 010-0199",

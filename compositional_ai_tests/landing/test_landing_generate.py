@@ -17,14 +17,17 @@ from compositional_ai.landing.formats import (
     OUTCOME_COLUMNS,
     READY_MARKER,
     REQUEST_FIELDS,
+    SYNTHETIC_COLUMNS,
 )
 from compositional_ai.landing.generate import (
     BAD_DAMAGE_LEVEL,
     CHAT_TRUTH_COLUMNS,
     FAULT_KINDS,
+    SYNTHETIC_TRUTH_COLUMNS,
     UNKNOWN_PRODUCT_ID,
     build_demo_landing,
 )
+from compositional_ai.landing.synthetic import GENERATOR_VERSION
 
 SMALL = {"n_batches": 3, "max_train_photos": 40, "max_holdout_photos": 12}
 BATCH_IDS = ("2026-01-05", "2026-01-12", "2026-01-19")
@@ -94,7 +97,7 @@ def test_layout_and_batch_ids(built):
     assert sorted(p.name for p in built.root.iterdir()) == ["batches", "reference"]
     for batch_id in BATCH_IDS:
         names = {p.name for p in batch_dir(built, batch_id).iterdir()}
-        assert names == {*DATA_FILES, "photos", READY_MARKER}
+        assert names == {*DATA_FILES, "photos", "synthetic", "synthetic.csv", READY_MARKER}
 
 
 def test_holdout_is_stratified_and_matches_its_files(built):
@@ -471,3 +474,102 @@ def test_summary_counts_and_licenses(built):
     assert built.counts["reference/holdout/photos"] == 12
     assert sum(built.counts[f"batches/{b}/photos"] for b in BATCH_IDS) == 40
     assert "CC-BY-NC-SA-4.0" in built.licenses["elpv-dataset"]
+
+
+# --- synthetic photos --------------------------------------------------------------------------
+
+
+def outcome_labels(summary) -> pl.DataFrame:
+    """Every accepted outcome: the request, the batch its label arrived in, the level."""
+    return pl.concat(
+        read_csv(summary, batch_id, "outcomes.csv")
+        .filter(pl.col("quote_accepted") == "true")
+        .select("request_id", pl.lit(batch_id).alias("label_batch"), "damage_level")
+        for batch_id in BATCH_IDS
+    )
+
+
+def request_photos(summary) -> pl.DataFrame:
+    rows = [
+        (batch_id, request["request_id"], sha256(batch_dir(summary, batch_id) / request["photo"]))
+        for batch_id in BATCH_IDS
+        for request in requests_of(summary, batch_id)
+    ]
+    return pl.DataFrame(rows, schema=["request_batch", "request_id", "sha256"], orient="row")
+
+
+def test_synthetic_manifests_describe_their_files(built):
+    for batch_id in BATCH_IDS:
+        listed = read_csv(built, batch_id, "synthetic.csv")
+        assert tuple(listed.columns) == SYNTHETIC_COLUMNS
+        folder = batch_dir(built, batch_id)
+        files = sorted(f"synthetic/{p.name}" for p in (folder / "synthetic").iterdir())
+        assert sorted(listed["photo"].to_list()) == files
+        assert listed["synthetic"].unique().to_list() in ([], ["true"])
+        assert listed["generator_version"].unique().to_list() in ([], [GENERATOR_VERSION])
+        for photo, digest in listed.select("photo", "sha256").iter_rows():
+            assert sha256(folder / photo) == digest
+            assert manifest(built, batch_id)["files"][photo] == digest
+            with Image.open(folder / photo) as image:
+                assert (image.format, image.mode, image.size) == ("PNG", "L", (300, 300))
+        # The manifest carries no label: a synthetic photo inherits its parent's.
+        assert not set(LABEL_FIELDS) & set(listed.columns)
+        assert built.counts[f"batches/{batch_id}/synthetic"] == len(files)
+
+
+def test_synthetic_parents_are_training_photos_labelled_in_the_same_batch(built):
+    truth = built.synthetic
+    assert tuple(truth.columns) == SYNTHETIC_TRUTH_COLUMNS
+    # 10 % of 10 and of 15 photos, rounded half to even; the second batch confirms nothing.
+    assert truth.group_by("batch_id").len().sort("batch_id").rows() == [
+        ("2026-01-05", 1),
+        ("2026-01-19", 2),
+    ]
+    labels = outcome_labels(built)
+    photos = request_photos(built)
+    joined = truth.join(
+        photos, left_on="parent_request_id", right_on="request_id", how="left"
+    ).join(labels, left_on="parent_request_id", right_on="request_id", how="left")
+    assert (joined["sha256_right"] == joined["parent_sha256"]).all()
+    assert (joined["label_batch"] == joined["batch_id"]).all()
+    assert (joined["request_batch"] == joined["parent_batch_id"]).all()
+    assert (joined["damage_level_right"].cast(pl.Int64) == joined["damage_level"]).all()
+    holdout = set(pl.read_csv(built.root / "reference/holdout/labels.csv")["sha256"])
+    assert not holdout & set(truth["parent_sha256"])
+    assert not set(truth["sha256"]) & set(truth["parent_sha256"])
+
+
+def test_no_faulty_photo_is_a_synthetic_parent(built):
+    touched = {f.request_id for f in built.faults if f.request_id}
+    assert not touched & set(built.synthetic["parent_request_id"])
+
+
+def test_the_synthetic_share_sizes_each_batch(tmp_path):
+    none = build_demo_landing(tmp_path / "none", synthetic_share=0.0, **SMALL)
+    assert none.synthetic.height == 0
+    for batch_id in BATCH_IDS:
+        assert read_csv(none, batch_id, "synthetic.csv").height == 0
+        assert list((batch_dir(none, batch_id) / "synthetic").iterdir()) == []
+    many = build_demo_landing(tmp_path / "many", synthetic_share=0.9, **SMALL)
+    by_batch = dict(many.synthetic.group_by("batch_id").len().iter_rows())
+    touched = {f.request_id for f in many.faults if f.request_id}
+    labels = outcome_labels(many).filter(~pl.col("request_id").is_in(list(touched)))
+    for batch_id in BATCH_IDS:
+        photos = many.counts[f"batches/{batch_id}/photos"]
+        parents = labels.filter(pl.col("label_batch") == batch_id).height
+        # 90 % of the batch's photos, but never more than the labels that arrive in it.
+        assert by_batch.get(batch_id, 0) == min(round(0.9 * photos), parents), batch_id
+    assert sum(by_batch.values()) > 10
+    with pytest.raises(ValueError, match="synthetic_share"):
+        build_demo_landing(tmp_path / "bad", synthetic_share=1.5, **SMALL)
+
+
+def test_the_synthetic_photos_do_not_change_the_rest_of_a_build(built, tmp_path):
+    none = build_demo_landing(tmp_path / "none", synthetic_share=0.0, **SMALL)
+    for batch_id in BATCH_IDS:
+        for name in (*DATA_FILES, "photos"):
+            a, b = manifest(none, batch_id), manifest(built, batch_id)
+            assert {k: v for k, v in a["files"].items() if not k.startswith("synthetic")} == {
+                k: v for k, v in b["files"].items() if not k.startswith("synthetic")
+            }, name
+    assert none.chat_truth.equals(built.chat_truth)

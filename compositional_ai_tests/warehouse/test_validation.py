@@ -1049,3 +1049,212 @@ def test_holdout_labels_need_their_exact_photo(tmp_path):
     result = validate_holdout(bronze(tmp_path, content, name="labels.csv", csv=True), photos)
     assert quarantined(result) == [(3, "sha256_mismatch"), (4, "photo_missing")]
     assert result.clean["photo_file"].to_list() == ["a.png"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Synthetic photos (synthetic.csv and synthetic/)
+
+SYNTHETIC_HEADER = "photo,sha256,parent_sha256,synthetic,generator_version,transforms"
+PARENT = "c" * 64
+HOLDOUT_PARENT = "d" * 64
+
+
+def synthetic_files(tmp_path, files: dict[str, bytes]) -> pl.DataFrame:
+    folder = tmp_path / "batch" / "synthetic"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return read_files(folder, batch="b", relative_to=tmp_path / "batch")
+
+
+def digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def synthetic_row(name: str, data: bytes, **changes) -> str:
+    row = {
+        "photo": f"synthetic/{name}",
+        "sha256": digest(data),
+        "parent_sha256": PARENT,
+        "synthetic": "true",
+        "generator_version": "synth-1.0",
+        "transforms": '"{""flip_horizontal"":true}"',
+        **changes,
+    }
+    return ",".join(row.values())
+
+
+def check_synthetic(tmp_path, files: dict[str, bytes], rows: list[str], **overrides):
+    manifest = bronze(
+        tmp_path,
+        "\n".join([SYNTHETIC_HEADER, *rows]).encode(),
+        name="synthetic.csv",
+        csv=True,
+    )
+    photos = synthetic_files(tmp_path, files)
+    arguments = {
+        "known_photo_shas": pl.Series([PARENT, HOLDOUT_PARENT]),
+        "holdout_shas": pl.Series([HOLDOUT_PARENT]),
+        "earlier_synthetic_shas": pl.Series(["e" * 64]),
+        **overrides,
+    }
+    result = validation.validate_synthetic(photos, manifest, **arguments)
+    for validated in result.values():
+        assert_reasons_are_documented(validated)
+    # Every landed file and manifest line is in silver or in quarantine, exactly once.
+    assert account(photos, result["synthetic_photos"], keys=["source_file"]) == {
+        "bronze": photos.height,
+        "silver": result["synthetic_photos"].clean.height,
+        "quarantine": result["synthetic_photos"].quarantine.height,
+        "missing": 0,
+        "repeated": 0,
+        "foreign": 0,
+    }
+    lines = result["synthetic_manifest"]
+    assert manifest.height == lines.clean.height + lines.quarantine.height
+    return result
+
+
+def test_a_good_synthetic_photo_reaches_silver_marked(tmp_path):
+    data = png()
+    result = check_synthetic(tmp_path, {"s1.png": data}, [synthetic_row("s1.png", data)])
+    clean = result["synthetic_photos"].clean
+    assert result["synthetic_manifest"].clean.equals(clean)
+    assert clean.select(
+        "source_file", "sha256", "synthetic", "generator_version", "parent_sha256", "manifest_line"
+    ).rows() == [("synthetic/s1.png", digest(data), True, "synth-1.0", PARENT, 2)]
+    assert clean["transforms"][0] == '{"flip_horizontal":true}'
+    assert clean["content"][0] == data
+    assert clean.schema == pl.Schema(validation.SYNTHETIC_SCHEMA)
+
+
+def manifest_case(tmp_path, row_changes: dict, reason: str, fragment: str):
+    good, bad = png(), png(9, 9)
+    files = {"s1.png": good, "s2.png": bad}
+    rows = [synthetic_row("s1.png", good), synthetic_row("s2.png", bad, **row_changes)]
+    return files, rows, reason, fragment
+
+
+BAD_SYNTHETIC_ROWS = [
+    # a parent that is a holdout photo: never training data, not even transformed
+    ({"parent_sha256": HOLDOUT_PARENT}, "holdout_parent", "is a holdout photo"),
+    # a parent that landed nowhere
+    ({"parent_sha256": "f" * 64}, "unknown_parent", "is no landed photo"),
+    # a row that does not say the photo is synthetic
+    ({"synthetic": "false"}, "not_marked_synthetic", "synthetic=false"),
+    # a digest that is not one
+    ({"parent_sha256": "abc"}, "invalid_digest", "parent_sha256='abc'"),
+    # the listed digest is not the file's
+    ({"sha256": "0" * 64}, "sha256_mismatch", "does not match its listed sha256"),
+    # a synthetic photo that landed in an earlier batch
+    ({"sha256": "e" * 64}, "sha256_mismatch", "does not match"),
+    # a path outside the synthetic folder
+    ({"photo": "photos/s2.png"}, "photo_path_outside_batch", "not below synthetic/"),
+    # a photo the folder does not hold
+    ({"photo": "synthetic/s9.png"}, "photo_missing", "synthetic/s9.png is not in the batch"),
+    # no generator named
+    ({"generator_version": ""}, "missing_field", "generator_version"),
+]
+
+
+@pytest.mark.parametrize(("changes", "reason", "fragment"), BAD_SYNTHETIC_ROWS)
+def test_a_bad_synthetic_row_is_quarantined_with_its_file(tmp_path, changes, reason, fragment):
+    files, rows, reason, fragment = manifest_case(tmp_path, changes, reason, fragment)
+    result = check_synthetic(tmp_path, files, rows)
+    assert result["synthetic_photos"].clean["source_file"].to_list() == ["synthetic/s1.png"]
+    assert quarantined(result["synthetic_manifest"]) == [(3, reason)]
+    detail = result["synthetic_manifest"].quarantine["detail"][0]
+    assert fragment in detail
+    # The file the row described has no valid row any more: it is quarantined too, unless the
+    # row named a file that is not there.
+    files_held = result["synthetic_photos"].quarantine
+    if changes.get("photo") == "synthetic/s9.png" or changes.get("photo", "").startswith("photos"):
+        assert files_held.select("source_file", "reason").rows() == [
+            ("synthetic/s2.png", "unlisted_synthetic")
+        ]
+    else:
+        assert files_held["reason"].to_list() == ["unlisted_synthetic"]
+    assert files_held["record_sha256"].to_list() == [digest(files["s2.png"])]
+
+
+def test_synthetic_files_and_rows_that_do_not_pair_up(tmp_path):
+    good, copy, broken = png(), png(9, 9), png()[:30]
+    files = {"a.png": good, "b.png": copy, "bad.png": broken, "stray.png": png(5, 5)}
+    rows = [
+        synthetic_row("a.png", good),
+        synthetic_row("a.png", good),  # the same photo listed twice
+        synthetic_row("bad.png", broken),  # a truncated file
+        synthetic_row("b.png", copy, sha256="e" * 64),  # the digest of an earlier batch's photo
+    ]
+    result = check_synthetic(
+        tmp_path, files, rows, earlier_synthetic_shas=pl.Series([digest(copy)])
+    )
+    assert result["synthetic_photos"].clean["source_file"].to_list() == ["synthetic/a.png"]
+    assert quarantined(result["synthetic_manifest"]) == [
+        (3, "duplicate_synthetic"),
+        (4, "photo_rejected"),
+        (5, "sha256_mismatch"),
+    ]
+    held = result["synthetic_photos"].quarantine.select("source_file", "reason").rows()
+    assert sorted(held) == [
+        ("synthetic/b.png", "unlisted_synthetic"),
+        ("synthetic/bad.png", "not_an_image"),
+        ("synthetic/stray.png", "unlisted_synthetic"),
+    ]
+
+
+def test_a_synthetic_photo_repeating_an_earlier_batch_is_a_duplicate(tmp_path):
+    data = png()
+    result = check_synthetic(
+        tmp_path,
+        {"s1.png": data},
+        [synthetic_row("s1.png", data)],
+        earlier_synthetic_shas=pl.Series([digest(data)]),
+    )
+    assert quarantined(result["synthetic_manifest"]) == [(2, "duplicate_synthetic")]
+    assert result["synthetic_photos"].clean.height == 0
+
+
+def test_no_synthetic_files_validate_to_empty_typed_tables(tmp_path):
+    empty = pl.DataFrame(schema=read_lines(tmp_path / "none", batch="b", source_file="x").schema)
+    photos = read_files(tmp_path / "none", batch="b", relative_to=tmp_path)
+    result = validation.validate_synthetic(photos, empty, known_photo_shas=pl.Series([PARENT]))
+    for validated in result.values():
+        assert validated.clean.height == validated.quarantine.height == 0
+        assert validated.clean.schema == pl.Schema(validation.SYNTHETIC_SCHEMA)
+
+
+def test_a_manifest_without_files_quarantines_every_row(tmp_path):
+    data = png()
+    result = check_synthetic(tmp_path, {}, [synthetic_row("s1.png", data)])
+    assert quarantined(result["synthetic_manifest"]) == [(2, "photo_missing")]
+
+
+HOLDOUT_HEADER = b"photo_file,sha256,defect_probability,damage_level,cell_type"
+
+
+@pytest.mark.parametrize(
+    ("header", "cell", "origin", "reason"),
+    [
+        # no origin column: the contract's expert labels
+        (HOLDOUT_HEADER, b"", "technician", None),
+        # an explicit technician label
+        (HOLDOUT_HEADER + b",label_origin", b",technician", "technician", None),
+        # an empty cell is the expert label too
+        (HOLDOUT_HEADER + b",label_origin", b",", "technician", None),
+        # a model label lands, for the holdout's blocking check to refuse
+        (HOLDOUT_HEADER + b",label_origin", b",model", "model", None),
+        # an origin no one knows is quarantined
+        (HOLDOUT_HEADER + b",label_origin", b",guess", None, "unknown_value"),
+    ],
+)
+def test_holdout_labels_carry_their_origin(tmp_path, header, cell, origin, reason):
+    photos = photo_files(tmp_path, {"a.png": png()})
+    row = f"a.png,{digest(png())},0.0,0,mono".encode() + cell
+    result = validate_holdout(
+        bronze(tmp_path, header + b"\n" + row, name="labels.csv", csv=True), photos
+    )
+    if reason is None:
+        assert result.clean["label_origin"].to_list() == [origin]
+    else:
+        assert quarantined(result) == [(2, reason)]
