@@ -31,6 +31,7 @@ from compositional_ai.vision.metrics import (
 )
 from compositional_ai.vision.plots import confusion_matrix_png
 from compositional_ai.vision.training import TrainConfig, fit_model, predict_proba
+from compositional_ai.warehouse.lookups import table_exists
 
 LEVEL_NAMES = ["level 0", "level 1", "level 2", "level 3"]
 BINARY_NAMES = ["functional", "defective"]
@@ -86,16 +87,27 @@ PHOTOS_BY_SHA_SQL = (
     "select sha256, any_value(content) as content from silver.repair_photos "
     "where sha256 in (select unnest($shas)) group by sha256"
 )
+SYNTHETIC_PHOTOS_BY_SHA_SQL = (
+    "select sha256, any_value(content) as content from silver.synthetic_photos "
+    "where sha256 in (select unnest($shas)) group by sha256"
+)
 
 
 def photo_contents(
     warehouse: Warehouse, shas: pl.Series, *, served_photos: Path | None = None
 ) -> list[bytes]:
-    """The photo bytes for each sha256, in the given order: landed photos from silver, photos
-    the live service received from its photo store (named by their sha256)."""
+    """The photo bytes for each sha256, in the given order: landed photos from silver (real,
+    then synthetic ones), photos the live service received from its photo store (named by their
+    sha256)."""
     unique = shas.unique().to_list()
     found = warehouse.query(PHOTOS_BY_SHA_SQL, {"shas": unique}, purpose="read training photos")
     by_sha = dict(zip(found["sha256"].to_list(), found["content"].to_list(), strict=True))
+    rest = [sha for sha in unique if sha not in by_sha]
+    if rest and table_exists(warehouse, "silver", "synthetic_photos"):
+        found = warehouse.query(
+            SYNTHETIC_PHOTOS_BY_SHA_SQL, {"shas": rest}, purpose="read synthetic training photos"
+        )
+        by_sha.update(zip(found["sha256"].to_list(), found["content"].to_list(), strict=True))
     if served_photos is not None and served_photos.is_dir():
         for sha in (sha for sha in unique if sha not in by_sha):
             stored = sorted(served_photos.glob(f"{sha}.*"))
@@ -104,8 +116,8 @@ def photo_contents(
     missing = [sha for sha in unique if sha not in by_sha]
     if missing:
         raise LookupError(
-            f"{len(missing)} training photos are neither in silver.repair_photos nor in the "
-            f"served photo store {served_photos}"
+            f"{len(missing)} training photos are neither in silver.repair_photos, "
+            f"silver.synthetic_photos nor in the served photo store {served_photos}"
         )
     return [by_sha[sha] for sha in shas.to_list()]
 
