@@ -76,7 +76,15 @@ def _lineage(args: argparse.Namespace, paths: DataPaths) -> None:
     model, _, version = args.model.partition("@")
     if not version:
         raise SystemExit("name a version: compositional-ai lineage repair_damage_model@1")
-    chain = lineage_of(build_resources(paths)["warehouse"], model, version)
+    resources = build_resources(paths)
+    registered = [v.version for v in resources["model_registry"].versions(model)]
+    if version not in registered:
+        known = ", ".join(f"{model}@{v}" for v in registered) or "none"
+        raise SystemExit(
+            f"{model}@{version} is not a registered model version (registered: {known}); "
+            "the model names are those of `compositional-ai summary`"
+        )
+    chain = lineage_of(resources["warehouse"], model, version)
     made = sum(row["n"] for row in chain["predictions"])
     print(f"{model}@{version} made {made} predictions:")
     for row in chain["predictions"]:

@@ -149,3 +149,22 @@ def test_the_gating_checks_ran_and_an_empty_partition_warned(demo):
     evaluations = {k: r.event.dagster_event.event_specific_data for k, r in checks.items()}
     assert evaluations[("repair/repair_inference_log", "predictions_valid")].passed
     assert evaluations[("silver/quarantine", "bronze_rows_accounted_for")].passed
+
+
+def test_the_lineage_command_prints_the_chain_and_refuses_an_unknown_version(
+    demo, monkeypatch, capsys
+):
+    from compositional_ai import cli
+
+    paths, _, _ = demo
+    monkeypatch.setenv("COMPOSITIONAL_AI_DATA", str(paths.root))
+    cli.main(["lineage", "repair_damage_model@1"])
+    printed = capsys.readouterr().out
+    logged = _sql(paths, "select count(*) from repair.repair_inference_log where status = 'ok'")
+    assert f"repair_damage_model@1 made {logged[0][0]} predictions:" in printed
+    assert "learned from by repair_damage_model@2" in printed
+
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["lineage", "repair_damage_model@99"])
+    assert "repair_damage_model@99 is not a registered model version" in str(refused.value)
+    assert "repair_damage_model@1, repair_damage_model@2" in str(refused.value)
