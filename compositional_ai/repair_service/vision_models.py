@@ -1,5 +1,6 @@
 """Train, evaluate and register a photo model; shared by the repair and defect model assets."""
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -140,6 +141,7 @@ def evaluate(model, holdout: pl.DataFrame, *, binary_only: bool) -> tuple[dict, 
         predicted_binary = (four_class_to_binary_proba(proba) >= 0.5).astype(np.int64)
     binary = classification_metrics(true_binary, predicted_binary, 2)
     metrics = {"binary_accuracy": binary["accuracy"], "binary_macro_f1": binary["macro_f1"]}
+    metrics["per_class"] = binary["per_class"]
     matrices = {"binary": binary["confusion_matrix"]}
     if not binary_only:
         four = classification_metrics(levels, proba.argmax(axis=1), 4)
@@ -182,6 +184,23 @@ def training_fingerprint(
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def per_class_markdown(per_class: list[dict], names: list[str]) -> str:
+    """Precision, recall, F1 and support of each class as a Markdown table."""
+    rows = [
+        f"| {names[row['class']]} | {row['precision']:.3f} | {row['recall']:.3f} | "
+        f"{row['f1']:.3f} | {row['support']} |"
+        for row in per_class
+    ]
+    return "\n".join(
+        ["| class | precision | recall | F1 | holdout cells |", "|---|---|---|---|---|", *rows]
+    )
+
+
+def png_markdown(png: bytes, caption: str) -> str:
+    """An inline Markdown image, so the Dagster UI shows the plot with the asset's metadata."""
+    return f"![{caption}](data:image/png;base64,{base64.b64encode(png).decode('ascii')})"
 
 
 def matrix_markdown(matrix: list[list[int]], names: list[str]) -> str:
@@ -258,6 +277,7 @@ def train_and_register(
     names = BINARY_NAMES if num_classes == 2 else LEVEL_NAMES
     primary = "binary" if num_classes == 2 else "four_class"
     png = confusion_matrix_png(matrices[primary], names, f"{model_name} on the holdout")
+    per_class_table = per_class_markdown(metrics["per_class"], names)
     scalar_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     scalar_metrics["train_seconds"] = result.train_seconds
     with registry.training_run(
@@ -288,6 +308,7 @@ def train_and_register(
             mlflow.log_metrics(values, step=record.epoch)
         mlflow.log_image(_png_image(png), "confusion_matrix.png")
         mlflow.log_dict(metrics, "holdout_metrics.json")
+        mlflow.log_text(per_class_table, "per_class.md")
         version = registry.log_torch_model(result.model, model_name)
         registry.tag_version(model_name, version, {FINGERPRINT_TAG: fingerprint})
         run_id = run.info.run_id
@@ -310,6 +331,10 @@ def train_and_register(
         "stopped_reason": result.stopped_reason,
         **{key: MetadataValue.float(value) for key, value in scalar_metrics.items()},
         "confusion_matrix": MetadataValue.md(matrix_markdown(matrices[primary], names)),
+        "confusion_matrix_plot": MetadataValue.md(
+            png_markdown(png, f"{model_name} v{version}: confusion matrix on the holdout")
+        ),
+        "per_class": MetadataValue.md(per_class_table),
         "lineage": MetadataValue.json(lineage),
     }
     return version, metrics, metadata

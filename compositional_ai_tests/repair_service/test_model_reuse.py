@@ -71,6 +71,14 @@ def test_the_same_training_set_and_settings_reuse_the_registered_version(graph):
     versions = registry.versions(REPAIR_MODEL)
 
     assert first["reused_version"] is False
+    # The holdout figures travel with the asset: the plot inline, the per-class table beside it.
+    assert first["confusion_matrix_plot"].startswith("![repair_damage_model v1: confusion")
+    assert "](data:image/png;base64,iVBORw0KGgo" in first["confusion_matrix_plot"]
+    table = first["per_class"].splitlines()
+    assert table[0] == "| class | precision | recall | F1 | holdout cells |"
+    supports = [int(row.rsplit("|", 2)[1]) for row in table[2:]]
+    assert len(supports) == 4
+    assert sum(supports) == first["holdout_size"] == 12
     assert again["reused_version"] is True
     assert again["model_version"] == first["model_version"]
     assert again["training_fingerprint"] == first["training_fingerprint"]
