@@ -1,18 +1,21 @@
 """P1's baseline: the whole graph's computation as one plain script, without Dagster running it.
 
-It does what `run_demo` makes Dagster do, in the same order (reference data; each landing batch
-through bronze, silver, the chatbot log and the inference log; the seed model once the workshop
-archive is in; then gold, the training sets and the models), by calling the same functions the
+It does what `run_demo` makes Dagster do, in the same order (reference data; each landing batch,
+its real and synthetic photos, through bronze, silver, the chatbot log and the inference log; the
+seed model once the workshop archive is in; then gold, gold.damage_labels included, the training
+sets under their recorded label policies, and the models), by calling the same functions the
 asset bodies call, and it writes the same tables (same schema.table names, same rows) into its
-own DuckDB file. Models are trained, evaluated, logged to MLflow and registered by the same
-`train_and_register`, so the MLflow work is the same too.
+own DuckDB file. Models are trained, evaluated, logged to MLflow, registered and promoted by the
+same `train_and_register` and promotion gates, so the MLflow work is the same too. The blocking
+checks are the graph's own check functions; a failed one raises CheckFailed where the graph's
+run would fail.
 
 What it leaves out is Dagster's part: no instance, run or event storage, no step machinery, no
 IO manager (one DuckDB connection stays open instead of one per read and write under the lock),
-no output metadata, no sensors. Some of the functions it calls live in asset modules, so
-`dagster` is imported, but nothing of it runs. P1 compares the two and checks that every table
-has the same row count in both warehouses, which is how drift between this script and the asset
-bodies shows up.
+no output metadata, no warning checks, no sensors. Some of the functions it calls live in asset
+modules, so `dagster` is imported and the checks build their result records, but nothing of
+Dagster runs. P1 compares the two and checks that every table has the same row count in both
+warehouses, which is how drift between this script and the asset bodies shows up.
 """
 
 import importlib
@@ -111,6 +114,13 @@ class CheckFailed(RuntimeError):
     """A check that blocks the graph failed here too."""
 
 
+def require(result) -> None:
+    """Raise CheckFailed unless the blocking check's result (an AssetCheckResult) passed."""
+    if not result.passed:
+        figures = {key: getattr(value, "value", value) for key, value in result.metadata.items()}
+        raise CheckFailed(f"{result.check_name} failed: {figures}")
+
+
 @dataclass
 class PlainRun:
     """The plain script's state: where things are, the open warehouse, the step timings."""
@@ -149,6 +159,7 @@ def reference(run: PlainRun) -> None:
     from compositional_ai.landing import formats
     from compositional_ai.warehouse import validation
     from compositional_ai.warehouse.landing_files import read_files, read_lines
+    from compositional_ai.warehouse.silver import holdout_origin_check
 
     wh, ref = run.warehouse, run.paths.reference
     catalog = read_lines(
@@ -169,7 +180,9 @@ def reference(run: PlainRun) -> None:
     wh.replace("bronze", "holdout_labels", labels)
     wh.replace("bronze", "holdout_photos", photos)
     wh.replace("silver", "product_catalog", validation.validate_catalog(catalog).clean)
-    wh.replace("silver", "holdout_photos", validation.validate_holdout(labels, photos).clean)
+    holdout = validation.validate_holdout(labels, photos).clean
+    wh.replace("silver", "holdout_photos", holdout)
+    require(holdout_origin_check(holdout))
 
 
 def _manifest_mismatches(frame: pl.DataFrame, manifest: dict, files: list[str]) -> list[str]:
@@ -179,7 +192,8 @@ def _manifest_mismatches(frame: pl.DataFrame, manifest: dict, files: list[str]) 
 
 
 def bronze_batch(run: PlainRun, batch: str) -> dict[str, pl.DataFrame]:
-    """One batch's landed files as bronze rows, compared with the batch's manifest."""
+    """One batch's landed files as bronze rows, compared with the batch's manifest; the
+    synthetic manifest and photos are optional, as in bronze.py."""
     from compositional_ai.landing import formats
     from compositional_ai.warehouse.landing_files import (
         batch_folder,
@@ -196,6 +210,7 @@ def bronze_batch(run: PlainRun, batch: str) -> dict[str, pl.DataFrame]:
         ("chat_transcripts", formats.CHATS_FILE, False),
         ("customers", formats.CUSTOMERS_FILE, True),
         ("technician_outcomes", formats.OUTCOMES_FILE, True),
+        ("synthetic_manifest", formats.SYNTHETIC_FILE, True),
     ):
         frame = read_lines(folder / file_name, batch=batch, source_file=file_name, csv=csv)
         _manifest_mismatches(frame, manifest, [file_name])
@@ -203,16 +218,25 @@ def bronze_batch(run: PlainRun, batch: str) -> dict[str, pl.DataFrame]:
     photos = read_files(folder / formats.PHOTOS_DIR, batch=batch, relative_to=folder)
     _manifest_mismatches(photos, manifest, photos["source_file"].to_list())
     frames["repair_photos"] = photos
+    synthetic = read_files(folder / formats.SYNTHETIC_DIR, batch=batch, relative_to=folder)
+    _manifest_mismatches(synthetic, manifest, synthetic["source_file"].to_list())
+    frames["synthetic_photos"] = synthetic
     for name, frame in frames.items():
         run.warehouse.write("bronze", name, frame)
     return frames
 
 
 def silver_batch(run: PlainRun, batch: str, bronze: dict[str, pl.DataFrame]) -> None:
-    """Validate the batch into silver and the quarantine; every bronze row is accounted for."""
+    """Validate the batch, its synthetic photos too, into silver and the quarantine; every
+    bronze row is accounted for."""
     from compositional_ai.warehouse import validation
-    from compositional_ai.warehouse.lookups import column_values, quarantined_record_ids
+    from compositional_ai.warehouse.lookups import (
+        column_values,
+        holdout_shas,
+        quarantined_record_ids,
+    )
     from compositional_ai.warehouse.privacy import withhold_personal_records
+    from compositional_ai.warehouse.silver import conservation
 
     wh = run.warehouse
     catalog = wh.read("silver", "product_catalog")
@@ -236,15 +260,30 @@ def silver_batch(run: PlainRun, batch: str, bronze: dict[str, pl.DataFrame]) -> 
         pseudonym_key=run.key,
         now=datetime.now(UTC),
     )
-    for source, result in validated.items():
-        landed = bronze[source].height
-        if landed != result.clean.height + result.quarantine.height:
-            raise CheckFailed(f"batch {batch}: {source} rows are not all accounted for")
-        wh.write("silver", source, result.clean)
-    quarantine = withhold_personal_records(
-        pl.concat([result.quarantine for result in validated.values()])
+    # A synthetic photo's parent is a photo that landed clean, here or in an earlier batch.
+    synthetic = validation.validate_synthetic(
+        bronze["synthetic_photos"],
+        bronze["synthetic_manifest"],
+        known_photo_shas=pl.concat(
+            [
+                column_values(wh, "silver", "repair_photos", "sha256", batches_before=batch),
+                validated["repair_photos"].clean["sha256"],
+            ]
+        ),
+        holdout_shas=holdout_shas(wh),
+        earlier_synthetic_shas=column_values(
+            wh, "silver", "synthetic_photos", "sha256", batches_before=batch
+        ),
     )
+    quarantine = withhold_personal_records(
+        pl.concat([result.quarantine for result in (*validated.values(), *synthetic.values())])
+    )
+    for source, result in validated.items():
+        wh.write("silver", source, result.clean)
+    wh.write("silver", "synthetic_photos", synthetic["synthetic_photos"].clean)
     wh.write("silver", "quarantine", quarantine)
+    sources = {**validated, **synthetic}
+    require(conservation({source: bronze[source].height for source in sources}, sources))
 
 
 def chatbot_batch(run: PlainRun, batch: str, transcripts: pl.DataFrame) -> None:
@@ -268,7 +307,12 @@ def chatbot_batch(run: PlainRun, batch: str, transcripts: pl.DataFrame) -> None:
 
 def inference_batch(run: PlainRun, batch: str) -> None:
     """Grade the batch's online requests with the champion, as the inference-log asset does."""
-    from compositional_ai.repair_service.assets import INFERENCE_LOG_SCHEMA, REPAIR_MODEL, assess
+    from compositional_ai.repair_service.assets import (
+        INFERENCE_LOG_SCHEMA,
+        REPAIR_MODEL,
+        assess,
+        predictions_valid,
+    )
     from compositional_ai.repair_service.vision_models import photo_contents
     from compositional_ai.resources.model_registry import CHAMPION
 
@@ -276,7 +320,9 @@ def inference_batch(run: PlainRun, batch: str) -> None:
     requests = wh.read("silver", "repair_requests", batch=batch)
     online = requests.filter(pl.col("channel") == "online")
     if online.is_empty():
-        wh.write("repair", "repair_inference_log", pl.DataFrame(schema=INFERENCE_LOG_SCHEMA))
+        empty = pl.DataFrame(schema=INFERENCE_LOG_SCHEMA)
+        wh.write("repair", "repair_inference_log", empty)
+        require(predictions_valid(empty))
         return
     champion = run.registry.version_by_alias(REPAIR_MODEL, CHAMPION)
     model = run.registry.load_torch(REPAIR_MODEL, champion.version)
@@ -289,12 +335,49 @@ def inference_batch(run: PlainRun, batch: str) -> None:
         catalog=wh.read("silver", "product_catalog"),
     )
     wh.write("repair", "repair_inference_log", log)
+    require(predictions_valid(log))
 
 
 def _vision_config(run: PlainRun):
     from compositional_ai.repair_service.vision_models import VisionTrainingConfig
 
     return VisionTrainingConfig(**run.training)
+
+
+def photo_model(
+    run: PlainRun,
+    asset: str,
+    *,
+    training_key: str,
+    model_name: str,
+    label_column: str,
+    num_classes: int,
+    training_set: pl.DataFrame,
+    holdout: pl.DataFrame,
+    after_register: Callable,
+) -> str:
+    """What a `photo_model_asset` does: train, evaluate, log and register, then promote."""
+    from compositional_ai.repair_service.served_log import PHOTOS_DIR
+    from compositional_ai.repair_service.vision_models import train_and_register, training_lineage
+
+    context = run.context(asset)
+    version, metrics, metadata = train_and_register(
+        context,
+        served_photos=run.landing.served / PHOTOS_DIR,
+        model_name=model_name,
+        training_set=training_set,
+        label_column=label_column,
+        num_classes=num_classes,
+        holdout=holdout,
+        config=_vision_config(run),
+        warehouse=run.warehouse,
+        registry=run.registry,
+        lineage=training_lineage(training_set, training_key),
+    )
+    # A reused version keeps the promotion decision made when it was trained.
+    if not metadata["decided_before"]:
+        after_register(context, run.registry, version, metrics)
+    return version
 
 
 def confirmed_labels(run: PlainRun) -> pl.DataFrame:
@@ -310,9 +393,14 @@ def confirmed_labels(run: PlainRun) -> pl.DataFrame:
 
 
 def seed_model(run: PlainRun) -> None:
-    """The seed training set and the first repair model, promoted as the graph promotes it."""
+    """The seed training set, its blocking checks, and the first repair model, promoted as the
+    graph promotes it."""
+    from compositional_ai.feedback.assets import (
+        SEED_TRAINING_SET,
+        evaluation_check,
+        leakage_check,
+    )
     from compositional_ai.repair_service.assets import REPAIR_MODEL, promote_if_not_worse
-    from compositional_ai.repair_service.vision_models import train_and_register
 
     wh = run.warehouse
     labels = confirmed_labels(run)
@@ -324,24 +412,24 @@ def seed_model(run: PlainRun) -> None:
         "request_id", "request_batch", "photo_sha256", "damage_level", "cell_type", "label_origin"
     )
     wh.replace("repair", "repair_seed_training_set", seed)
-    context = run.context("repair/repair_damage_model")
-    version, metrics, _ = train_and_register(
-        context,
+    require(leakage_check(seed, holdout, SEED_TRAINING_SET))
+    require(evaluation_check(holdout, SEED_TRAINING_SET))
+    photo_model(
+        run,
+        "repair/repair_damage_model",
+        training_key="repair/repair_seed_training_set",
         model_name=REPAIR_MODEL,
-        training_set=seed,
         label_column="damage_level",
         num_classes=4,
+        training_set=seed,
         holdout=holdout,
-        config=_vision_config(run),
-        warehouse=wh,
-        registry=run.registry,
-        lineage={"training_set": "repair/repair_seed_training_set", "inference_partitions": "none"},
+        after_register=promote_if_not_worse,
     )
-    promote_if_not_worse(context, run.registry, version, metrics)
 
 
 def gold(run: PlainRun) -> None:
-    """Every gold table, from silver and the inference log."""
+    """Every gold table, from silver, the chatbot log and the inference logs."""
+    from compositional_ai.repair_service.served_assets import all_damage_labels, all_inferences
     from compositional_ai.warehouse import reporting
 
     wh = run.warehouse
@@ -350,6 +438,9 @@ def gold(run: PlainRun) -> None:
     catalog = wh.read("silver", "product_catalog")
     outcomes = wh.read("silver", "technician_outcomes")
     inference_log = wh.read("repair", "repair_inference_log")
+    wh.replace(
+        "gold", "damage_labels", all_damage_labels(wh, labels, all_inferences(wh, inference_log))
+    )
     wh.replace(
         "gold", "customer_holdings", reporting.latest_customers(wh.read("silver", "customers"))
     )
@@ -374,93 +465,97 @@ def gold(run: PlainRun) -> None:
 
 
 def feedback(run: PlainRun) -> None:
-    """The feedback training set, its two blocking checks, and the next repair model."""
-    from compositional_ai.feedback.assets import SELF_LABEL_CEILING, FeedbackPolicyConfig
-    from compositional_ai.feedback.policy import (
-        SelfLabelPolicy,
-        feedback_training_rows,
-        holdout_leakage,
-        self_label_share,
+    """The feedback training set under its label policy, its blocking checks, and the next
+    repair model."""
+    from compositional_ai.feedback.assets import (
+        ORIGIN_CEILINGS,
+        SELF_LABEL_CEILING,
+        TRAINING_SET,
+        FeedbackPolicyConfig,
+        descendants_check,
+        evaluation_check,
+        label_share_check,
+        leakage_check,
     )
+    from compositional_ai.feedback.policy import feedback_training_rows, self_label_share
     from compositional_ai.repair_service.assets import REPAIR_MODEL, promote_if_not_worse
-    from compositional_ai.repair_service.served_assets import all_confirmed_labels, all_inferences
-    from compositional_ai.repair_service.vision_models import train_and_register
+    from compositional_ai.repair_service.served_assets import all_damage_labels, all_inferences
 
     wh = run.warehouse
-    config = FeedbackPolicyConfig()
-    policy = SelfLabelPolicy(
-        min_confidence=config.self_label_min_confidence, max_share=config.self_label_max_share
-    )
+    policy = FeedbackPolicyConfig().label_policy()
     holdout = wh.read("silver", "holdout_photos")
+    inferences = all_inferences(wh, wh.read("repair", "repair_inference_log"))
     training = feedback_training_rows(
-        all_confirmed_labels(wh, wh.read("gold", "confirmed_labels")),
-        all_inferences(wh, wh.read("repair", "repair_inference_log")),
+        all_damage_labels(wh, wh.read("gold", "confirmed_labels"), inferences),
+        inferences,
         policy=policy,
         holdout_shas=holdout["sha256"],
     )
-    if holdout_leakage(training, holdout["sha256"]):
-        raise CheckFailed("the feedback training set holds holdout photos")
+    wh.replace("feedback", "repair_feedback_training_set", training)
+    require(descendants_check(training, holdout["sha256"], TRAINING_SET))
+    require(label_share_check(training, policy, TRAINING_SET, ORIGIN_CEILINGS))
+    require(evaluation_check(holdout, TRAINING_SET))
+    require(leakage_check(training, holdout, TRAINING_SET))
     if self_label_share(training) > SELF_LABEL_CEILING:
         raise CheckFailed("the feedback training set has too many model-proposed labels")
-    wh.replace("feedback", "repair_feedback_training_set", training)
-    served = training.filter(pl.col("inference_batch").is_not_null())
-    context = run.context("feedback/repair_damage_model_next")
-    version, metrics, _ = train_and_register(
-        context,
-        served_photos=run.landing.served / "photos",
+    photo_model(
+        run,
+        "feedback/repair_damage_model_next",
+        training_key="feedback/repair_feedback_training_set",
         model_name=REPAIR_MODEL,
-        training_set=training,
         label_column="damage_level",
         num_classes=4,
+        training_set=training,
         holdout=holdout,
-        config=_vision_config(run),
-        warehouse=wh,
-        registry=run.registry,
-        lineage={
-            "training_set": "feedback/repair_feedback_training_set",
-            "inference_partitions": ",".join(sorted(served["inference_batch"].unique().to_list())),
-            "predicting_versions": ",".join(sorted(served["model_version"].unique().to_list())),
-        },
+        after_register=promote_if_not_worse,
     )
-    promote_if_not_worse(context, run.registry, version, metrics)
 
 
 def defect_detection(run: PlainRun) -> None:
-    """The defect training set and the defect detector."""
+    """The defect training set under its label policy, its blocking checks, and the defect
+    detector, promoted by its own gate."""
     from compositional_ai.defect_detection.assets import (
+        DEFECT_CEILINGS,
         DEFECT_MODEL,
+        DEFECT_TRAINING_SET,
         DefectLabelConfig,
         defect_rows,
     )
-    from compositional_ai.repair_service.served_assets import all_confirmed_labels, all_inferences
-    from compositional_ai.repair_service.vision_models import train_and_register
-    from compositional_ai.resources.model_registry import CHAMPION
+    from compositional_ai.feedback.assets import (
+        descendants_check,
+        evaluation_check,
+        label_share_check,
+        leakage_check,
+    )
+    from compositional_ai.repair_service.assets import promotion_gate
+    from compositional_ai.repair_service.served_assets import all_damage_labels, all_inferences
 
     wh = run.warehouse
-    config = DefectLabelConfig()
+    policy = DefectLabelConfig().label_policy()
     holdout = wh.read("silver", "holdout_photos")
+    inferences = all_inferences(wh, wh.read("repair", "repair_inference_log"))
     rows = defect_rows(
-        all_confirmed_labels(wh, wh.read("gold", "confirmed_labels")),
-        all_inferences(wh, wh.read("repair", "repair_inference_log")),
+        all_damage_labels(wh, wh.read("gold", "confirmed_labels"), inferences),
+        inferences,
         holdout["sha256"],
-        min_confidence=config.model_label_min_confidence,
-        max_share=config.model_label_max_share,
+        policy=policy,
     )
     wh.replace("defect_detection", "defect_training_set", rows)
-    version, _, _ = train_and_register(
-        run.context("defect_detection/defect_detector"),
-        served_photos=run.landing.served / "photos",
+    require(leakage_check(rows, holdout, DEFECT_TRAINING_SET))
+    require(descendants_check(rows, holdout["sha256"], DEFECT_TRAINING_SET))
+    require(label_share_check(rows, policy, DEFECT_TRAINING_SET, DEFECT_CEILINGS))
+    require(evaluation_check(holdout, DEFECT_TRAINING_SET))
+    photo_model(
+        run,
+        "defect_detection/defect_detector",
+        training_key="defect_detection/defect_training_set",
         model_name=DEFECT_MODEL,
-        training_set=rows,
         label_column="defective",
         num_classes=2,
+        training_set=rows,
         holdout=holdout,
-        config=_vision_config(run),
-        warehouse=wh,
-        registry=run.registry,
-        lineage={"training_set": "defect_detection/defect_training_set"},
+        after_register=promotion_gate(DEFECT_MODEL, "binary_accuracy"),
     )
-    run.registry.set_alias(DEFECT_MODEL, version, CHAMPION)
 
 
 def recommendation(run: PlainRun) -> None:
@@ -518,6 +613,7 @@ MODULES = (
     "compositional_ai.recommendation.model",
     "compositional_ai.repair_service.served_assets",
     "compositional_ai.repair_service.vision_models",
+    "compositional_ai.warehouse.labels",
     "compositional_ai.warehouse.landing_files",
     "compositional_ai.warehouse.lookups",
     "compositional_ai.warehouse.privacy",
