@@ -43,8 +43,17 @@ STREAMS = {
 }
 
 
+# What makes a served record a re-delivery of an earlier one. An assessment's request id is new
+# for every call; an outcome's is the assessment it confirms, shared by every call made for that
+# assessment (a 422, then the corrected call that succeeds), so only an identical record repeats.
+DEDUPLICATE_ON = {
+    served_log.ASSESSMENTS_STREAM: ["request_id"],
+    served_log.OUTCOMES_STREAM: None,
+}
+
+
 def read_segment(landing: LandingArea, stream: str, segment: str, schema: dict) -> pl.DataFrame:
-    """The rows of one closed segment; a re-delivered request id keeps its first row."""
+    """The rows of one closed segment, each call once: a re-delivered record keeps its first row."""
     path = (
         served_log.stream_dir(landing.served, stream)
         / served_log.CLOSED_DIR
@@ -53,7 +62,7 @@ def read_segment(landing: LandingArea, stream: str, segment: str, schema: dict) 
     if not path.is_file():
         raise FileNotFoundError(f"served {stream} segment {segment!r} is not closed at {path}")
     frame = served_log.read_frame([path], schema)
-    return frame.unique("request_id", keep="first", maintain_order=True)
+    return frame.unique(DEDUPLICATE_ON[stream], keep="first", maintain_order=True)
 
 
 @asset(
