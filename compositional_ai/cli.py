@@ -6,7 +6,8 @@ import os
 import sys
 import time
 
-from compositional_ai.settings import DataPaths
+from compositional_ai.lib.pseudonym import MissingPseudonymKeyError
+from compositional_ai.settings import PSEUDONYM_KEY_ENV, DataPaths
 
 
 def _landing(args: argparse.Namespace, paths: DataPaths) -> None:
@@ -270,3 +271,9 @@ def main(argv: list[str] | None = None) -> None:
         args.run(args, paths)
     except KeyboardInterrupt:
         sys.exit(130)
+    except MissingPseudonymKeyError as error:
+        # The Makefile sets the demo's key; run directly, the command says what to set.
+        raise SystemExit(
+            f"{error}. The Makefile sets the demo key (`make {args.command}` where it has a "
+            f"target), or export {PSEUDONYM_KEY_ENV}=... yourself; data: {paths.root}"
+        ) from None
