@@ -62,21 +62,12 @@ class DefectLabelConfig(Config):
     synthetic_max_share: float = 0.1
 
     def label_policy(self) -> LabelPolicy:
-        return LabelPolicy(
-            model=OriginPolicy(
-                enabled=self.model_labels_enabled,
-                min_confidence=self.model_label_min_confidence,
-                max_share=self.model_label_max_share,
-            ),
-            chatbot=OriginPolicy(
-                enabled=self.chatbot_labels_enabled,
-                min_confidence=self.chatbot_min_confidence,
-                max_share=self.chatbot_max_share,
-            ),
-            synthetic=OriginPolicy(
-                enabled=self.synthetic_labels_enabled, max_share=self.synthetic_max_share
-            ),
+        model = OriginPolicy(
+            enabled=self.model_labels_enabled,
+            min_confidence=self.model_label_min_confidence,
+            max_share=self.model_label_max_share,
         )
+        return LabelPolicy.from_config(self, model)
 
 
 DEFECT_COLUMNS = {

@@ -82,21 +82,12 @@ class FeedbackPolicyConfig(Config):
             if self.self_label_enabled is None
             else self.self_label_enabled
         )
-        return LabelPolicy(
-            model=OriginPolicy(
-                enabled=model_enabled,
-                min_confidence=self.self_label_min_confidence,
-                max_share=self.self_label_max_share,
-            ),
-            chatbot=OriginPolicy(
-                enabled=self.chatbot_labels_enabled,
-                min_confidence=self.chatbot_min_confidence,
-                max_share=self.chatbot_max_share,
-            ),
-            synthetic=OriginPolicy(
-                enabled=self.synthetic_labels_enabled, max_share=self.synthetic_max_share
-            ),
+        model = OriginPolicy(
+            enabled=model_enabled,
+            min_confidence=self.self_label_min_confidence,
+            max_share=self.self_label_max_share,
         )
+        return LabelPolicy.from_config(self, model)
 
 
 def leakage_check(

@@ -79,6 +79,22 @@ class LabelPolicy:
     chatbot: OriginPolicy = field(default_factory=lambda: OriginPolicy(min_confidence=1.0))
     synthetic: OriginPolicy = field(default_factory=OriginPolicy)
 
+    @classmethod
+    def from_config(cls, config, model: OriginPolicy) -> "LabelPolicy":
+        """The policy of a training-set config: `model` as given, chatbot and synthetic from the
+        config's `chatbot_*` and `synthetic_*` fields, which every training set names alike."""
+        return cls(
+            model=model,
+            chatbot=OriginPolicy(
+                enabled=config.chatbot_labels_enabled,
+                min_confidence=config.chatbot_min_confidence,
+                max_share=config.chatbot_max_share,
+            ),
+            synthetic=OriginPolicy(
+                enabled=config.synthetic_labels_enabled, max_share=config.synthetic_max_share
+            ),
+        )
+
     def of(self, origin: str) -> OriginPolicy:
         if origin not in NON_TECHNICIAN_ORIGINS:
             raise ValueError(f"no policy for label origin {origin!r}")
