@@ -95,13 +95,7 @@ def leakage_check(
 ) -> AssetCheckResult:
     """Fails when a training row shows a holdout photo, with the count in its metadata."""
     leaked = holdout_leakage(training, holdout["sha256"])
-    return AssetCheckResult(
-        check_name=NO_HOLDOUT_LEAKAGE,
-        asset_key=asset_key,
-        passed=leaked == 0,
-        severity=AssetCheckSeverity.ERROR,
-        metadata={"leaked_rows": leaked, "training_rows": training.height},
-    )
+    return _leak_result(NO_HOLDOUT_LEAKAGE, leaked, training, asset_key)
 
 
 def descendants_check(
@@ -109,8 +103,14 @@ def descendants_check(
 ) -> AssetCheckResult:
     """Fails when a training row shows a synthetic photo made from a holdout photo."""
     leaked = holdout_descendants(training, holdout_shas)
+    return _leak_result(NO_HOLDOUT_DESCENDANTS, leaked, training, asset_key)
+
+
+def _leak_result(
+    name: str, leaked: int, training: pl.DataFrame, asset_key: AssetKey | None
+) -> AssetCheckResult:
     return AssetCheckResult(
-        check_name=NO_HOLDOUT_DESCENDANTS,
+        check_name=name,
         asset_key=asset_key,
         passed=leaked == 0,
         severity=AssetCheckSeverity.ERROR,
