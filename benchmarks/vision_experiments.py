@@ -77,6 +77,32 @@ CONFIGS: dict[str, tuple[str, TrainConfig]] = {
         replace(BASE, image_size=128, epochs=40, val_fraction=0.0, class_weighting="none"),
     ),
     "c160_all": ("levels", replace(BASE, image_size=160, epochs=30, val_fraction=0.0)),
+    # Flips plus a small rotation, zoom and shift per image.
+    "c128_all_affine": (
+        "levels",
+        replace(BASE, image_size=128, epochs=40, val_fraction=0.0, augment="affine"),
+    ),
+    "c128_all_affine_e60": (
+        "levels",
+        replace(BASE, image_size=128, epochs=60, val_fraction=0.0, augment="affine"),
+    ),
+    "c96_all_affine_e60": (
+        "levels",
+        replace(BASE, image_size=96, epochs=60, val_fraction=0.0, augment="affine"),
+    ),
+    # A second, narrow stride-2 convolution in front: twice the side for little more compute.
+    "c192_all_stem2": (
+        "levels",
+        replace(BASE, image_size=192, epochs=40, val_fraction=0.0, stem_convs=2),
+    ),
+    "c256_all_stem2": (
+        "levels",
+        replace(BASE, image_size=256, epochs=40, val_fraction=0.0, stem_convs=2),
+    ),
+    "c160_all_affine": (
+        "levels",
+        replace(BASE, image_size=160, epochs=40, val_fraction=0.0, augment="affine"),
+    ),
 }
 # What a plain run measures; the others are there for --only.
 DEFAULT_RUN = ("c96", "bin96")

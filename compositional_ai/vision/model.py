@@ -2,7 +2,10 @@
 
 Sized for a 2-core CPU: a stride-2 stem, three stages of two 3x3 convolutions with BatchNorm, then
 average and max pooling over the whole map (a crack is small; max pooling keeps it from being
-averaged away). With the default width 16 it has about 0.3 M parameters.
+averaged away). With the default width 16 it has about 0.3 M parameters. `stem_convs=2` puts a
+second, narrow stride-2 convolution in front, so an image of twice the side costs little more
+than the one-convolution stem at the smaller side: the first layer sees cracks a pixel or two
+thin at full resolution, and the rest of the network works on the same map size as before.
 """
 
 import torch
@@ -27,7 +30,13 @@ class DamageCNN(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, *, width: int = 16, dropout: float = 0.2, image_size: int = 96
+        self,
+        num_classes: int,
+        *,
+        width: int = 16,
+        dropout: float = 0.2,
+        image_size: int = 96,
+        stem_convs: int = 1,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -36,19 +45,29 @@ class DamageCNN(nn.Module):
             raise ValueError(f"width must be >= 1, got {width}")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
-        if image_size < 16:
-            raise ValueError(f"image_size must be >= 16 (four halvings), got {image_size}")
+        if stem_convs not in (1, 2):
+            raise ValueError(f"stem_convs must be 1 or 2, got {stem_convs}")
+        if image_size < 8 * 2**stem_convs:
+            raise ValueError(
+                f"image_size must be >= {8 * 2**stem_convs} ({3 + stem_convs} halvings), "
+                f"got {image_size}"
+            )
         self.init_kwargs = {
             "num_classes": num_classes,
             "width": width,
             "dropout": dropout,
             "image_size": image_size,
+            "stem_convs": stem_convs,
         }
         self.num_classes = num_classes
         self.image_size = image_size
         w = width
+        stem = _conv_bn_relu(1, w, stride=2)
+        if stem_convs == 2:
+            narrow = max(1, w // 2)
+            stem = [*_conv_bn_relu(1, narrow, stride=2), *_conv_bn_relu(narrow, w, stride=2)]
         self.features = nn.Sequential(
-            *_conv_bn_relu(1, w, stride=2),
+            *stem,
             *_conv_bn_relu(w, w),
             nn.MaxPool2d(2),
             *_conv_bn_relu(w, 2 * w),

@@ -18,7 +18,7 @@ from torch import nn
 from compositional_ai.vision.metrics import classification_metrics
 from compositional_ai.vision.model import DamageCNN, DamageEnsemble
 
-Augment = Literal["none", "flips", "dihedral"]
+Augment = Literal["none", "flips", "dihedral", "affine"]
 ClassWeighting = Literal["none", "sqrt", "balanced"]
 Monitor = Literal["loss", "accuracy", "macro_f1"]
 StoppedReason = Literal["completed", "early_stopping", "time_budget"]
@@ -38,7 +38,9 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     # "flips": random horizontal / vertical flips, which keep the busbars horizontal as in every
-    # ELPV photo; "dihedral" adds 90-degree rotations (vertical busbars, never seen in the data).
+    # ELPV photo; "dihedral" adds 90-degree rotations (vertical busbars, never seen in the data);
+    # "affine" adds, to the flips, a small rotation, zoom and shift per image (`affine_augment`),
+    # as the cropping and rectifying of real cells varies.
     augment: Augment = "flips"
     # Loss weight per class: "balanced" = inverse frequency, "sqrt" = its square root.
     class_weighting: ClassWeighting = "sqrt"
@@ -52,6 +54,8 @@ class TrainConfig:
     max_seconds: float | None = 600.0
     width: int = 16
     dropout: float = 0.2
+    # 2: a second stride-2 convolution in front (`DamageCNN`), for images of twice the side.
+    stem_convs: int = 1
     # Models trained with seeds seed, seed + 1, ... and averaged (`fit_ensemble`); the time
     # budget is shared among them.
     members: int = 1
@@ -65,11 +69,12 @@ class TrainConfig:
     def __post_init__(self) -> None:
         checks = (
             (self.image_size >= 16, "image_size must be >= 16"),
+            (self.stem_convs in (1, 2), "stem_convs must be 1 or 2"),
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch_size must be >= 2 (BatchNorm)"),
             (self.lr > 0, "lr must be positive"),
             (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (self.augment in ("none", "flips", "dihedral"), "unknown augment"),
+            (self.augment in ("none", "flips", "dihedral", "affine"), "unknown augment"),
             (self.class_weighting in ("none", "sqrt", "balanced"), "unknown class_weighting"),
             (0.0 <= self.val_fraction < 1.0, "val_fraction must be in [0, 1)"),
             (self.patience >= 1, "patience must be >= 1"),
@@ -164,6 +169,37 @@ def dihedral_augment(images: torch.Tensor, generator: torch.Generator) -> torch.
             group = group.flip(-1)
         out[index] = torch.rot90(group, transform % 4, dims=(-2, -1))
     return out
+
+
+AFFINE_MAX_DEGREES = 4.0
+AFFINE_MAX_ZOOM = 0.08
+AFFINE_MAX_SHIFT = 0.05
+
+
+def affine_augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Flip [N, C, H, W] as `flip_augment`, then rotate, zoom and shift each image a little.
+
+    Per image: a rotation of up to AFFINE_MAX_DEGREES, a zoom of up to AFFINE_MAX_ZOOM either
+    way and a shift of up to AFFINE_MAX_SHIFT of the side, all uniform, applied in one batched
+    bilinear resampling; pixels from outside the image repeat its border. Returns float32, scaled
+    to 0..1 for uint8 input as `DamageCNN.standardise` would.
+    """
+    images = flip_augment(images, generator)
+    n = images.shape[0]
+    uniform = torch.rand((4, n), generator=generator) * 2 - 1
+    angle = torch.deg2rad(uniform[0] * AFFINE_MAX_DEGREES)
+    scale = 1.0 + uniform[1] * AFFINE_MAX_ZOOM
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    # Affine grids work in [-1, 1] coordinates, so a shift of f of the side is 2 f.
+    shift = uniform[2:] * (2 * AFFINE_MAX_SHIFT)
+    theta = torch.stack(
+        (torch.stack((cos, -sin, shift[0]), 1), torch.stack((sin, cos, shift[1]), 1)), 1
+    )
+    grid = nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+    x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return nn.functional.grid_sample(
+        x, grid, mode="bilinear", padding_mode="border", align_corners=False
+    )
 
 
 def _as_tensor(images: np.ndarray) -> torch.Tensor:
@@ -347,7 +383,11 @@ def _fit(
     val_x, val_y = all_images[val_idx], torch.from_numpy(labels[val_idx])
 
     model = DamageCNN(
-        num_classes, width=config.width, dropout=config.dropout, image_size=config.image_size
+        num_classes,
+        width=config.width,
+        dropout=config.dropout,
+        image_size=config.image_size,
+        stem_convs=config.stem_convs,
     )
     weights = class_weights(labels[train_idx], num_classes, config.class_weighting)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
@@ -380,6 +420,8 @@ def _fit(
                 x = flip_augment(x, generator)
             elif config.augment == "dihedral":
                 x = dihedral_augment(x, generator)
+            elif config.augment == "affine":
+                x = affine_augment(x, generator)
             loss = loss_fn(model(x), train_y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

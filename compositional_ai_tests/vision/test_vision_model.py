@@ -93,10 +93,27 @@ def test_parameter_count(width: int, low: int, high: int) -> None:
         {"num_classes": 1},
         {"num_classes": 4, "width": 0},
         {"num_classes": 4, "dropout": 1.0},
-        # Four halvings need at least 16 pixels.
+        # Four halvings need at least 16 pixels, five (two stem convolutions) 32.
         {"num_classes": 4, "image_size": 8},
+        {"num_classes": 4, "image_size": 24, "stem_convs": 2},
+        {"num_classes": 4, "stem_convs": 3},
     ],
 )
 def test_invalid_arguments(kwargs: dict) -> None:
     with pytest.raises(ValueError):
         DamageCNN(**kwargs)
+
+
+def _feature_map_side(model: DamageCNN, size: int) -> int:
+    with torch.inference_mode():
+        return model.features(model.standardise(pixels(1, size))).shape[-1]
+
+
+def test_two_stem_convolutions_take_twice_the_side_to_the_same_map() -> None:
+    one = DamageCNN(4, width=8, image_size=64).eval()
+    two = DamageCNN(4, width=8, image_size=128, stem_convs=2).eval()
+    assert _feature_map_side(one, 64) == _feature_map_side(two, 128) == 4
+    assert two(pixels(2, 128)).shape == (2, 4)
+    # The extra convolution is narrow: at most a few hundred more parameters.
+    assert 0 < count_parameters(two) - count_parameters(one) < 500
+    assert two.init_kwargs["stem_convs"] == 2

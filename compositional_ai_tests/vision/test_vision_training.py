@@ -1,4 +1,5 @@
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ from compositional_ai.vision.model import DamageCNN, DamageEnsemble
 from compositional_ai.vision.training import (
     EpochRecord,
     TrainConfig,
+    affine_augment,
     class_weights,
     dihedral_augment,
     fit,
@@ -111,9 +113,30 @@ def test_model_bytes_round_trip_gives_equal_predictions(trained) -> None:
         "width": 8,
         "dropout": 0.0,
         "image_size": SIZE,
+        "stem_convs": 1,
     }
     assert not restored.training
     assert np.array_equal(predict_proba(restored, images), predict_proba(result.model, images))
+
+
+def test_model_files_keep_the_stem_and_older_files_load(tmp_path) -> None:
+    torch.manual_seed(0)
+    two = DamageCNN(4, width=8, image_size=64, stem_convs=2).eval()
+    images = np.random.default_rng(0).integers(0, 256, (5, 64, 64), dtype=np.uint8)
+    restored = model_from_bytes(model_to_bytes(two))
+    assert restored.init_kwargs["stem_convs"] == 2
+    assert np.array_equal(predict_proba(restored, images), predict_proba(two, images))
+    # A file written before stem_convs existed has no such key: it is a one-convolution stem.
+    one = DamageCNN(4, width=8, image_size=32).eval()
+    saved = torch.load(io.BytesIO(model_to_bytes(one)), weights_only=True)
+    del saved["init"]["stem_convs"]
+    buffer = io.BytesIO()
+    torch.save(saved, buffer)
+    older = model_from_bytes(buffer.getvalue())
+    assert older.init_kwargs["stem_convs"] == 1
+    assert np.array_equal(
+        predict_proba(older, images[:, :32, :32]), predict_proba(one, images[:, :32, :32])
+    )
 
 
 def test_model_from_bytes_refuses_other_files(tmp_path) -> None:
@@ -245,6 +268,44 @@ def test_flip_augment_keeps_each_image_at_its_index_and_busbars_horizontal() -> 
     assert seen == {0, 1, 2, 3}
 
 
+def _stripes(rows: np.ndarray, side: int = 32) -> torch.Tensor:
+    """uint8 [N, 1, side, side], black but for one bright 2-pixel horizontal band per image."""
+    images = np.zeros((len(rows), 1, side, side), dtype=np.uint8)
+    for i, row in enumerate(rows):
+        images[i, 0, row : row + 2] = 255
+    return torch.from_numpy(images)
+
+
+def test_affine_augment_moves_images_a_little_and_keeps_busbars_horizontal() -> None:
+    rows = np.arange(6, 24)
+    images = _stripes(rows)
+    out = affine_augment(images, torch.Generator().manual_seed(3))
+    assert out.shape == images.shape and out.dtype == torch.float32
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    # Where the band is at the left and at the right edge: a rotation of at most 4 degrees over
+    # 32 pixels tilts it by at most 2.3 rows.
+    left = out[:, 0, :, 3].argmax(dim=1).numpy()
+    right = out[:, 0, :, 28].argmax(dim=1).numpy()
+    assert np.abs(left - right).max() <= 3
+    # Each band stays near its row or its up-down mirror (shift and zoom move it a few rows),
+    # so image i is still image i and keeps its label.
+    centre = (left + right) / 2
+    nearest = np.minimum(np.abs(centre - (rows + 0.5)), np.abs(centre - (31 - rows - 0.5)))
+    assert nearest.max() <= 3.5
+    # ...and it does move: not every image comes back on its own or its mirrored row.
+    assert nearest.max() > 0.5
+    assert torch.equal(out, affine_augment(images, torch.Generator().manual_seed(3)))
+
+
+def test_affine_augment_scales_uint8_like_the_model() -> None:
+    images = torch.full((4, 1, 16, 16), 255, dtype=torch.uint8)
+    out = affine_augment(images, torch.Generator().manual_seed(0))
+    # A flat image stays flat whatever the resampling (its border repeats).
+    assert torch.allclose(out, torch.ones_like(out))
+    floats = torch.full((4, 1, 16, 16), 0.25)
+    assert torch.allclose(affine_augment(floats, torch.Generator()), floats)
+
+
 def test_flip_tta_averages_the_four_flips(trained) -> None:
     result, _ = trained
     images, _ = synthetic_cells(12, seed=8)
@@ -253,7 +314,7 @@ def test_flip_tta_averages_the_four_flips(trained) -> None:
     assert np.allclose(predict_proba(result.model, images, tta=True), expected, atol=1e-6)
 
 
-@pytest.mark.parametrize("augment", ["none", "dihedral"])
+@pytest.mark.parametrize("augment", ["none", "dihedral", "affine"])
 def test_other_augmentations_train(augment: str) -> None:
     images, labels = synthetic_cells(60, seed=9)
     config = dataclasses.replace(FAST, epochs=1, augment=augment)
