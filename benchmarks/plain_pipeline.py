@@ -199,6 +199,7 @@ def bronze_batch(run: PlainRun, batch: str) -> dict[str, pl.DataFrame]:
         batch_folder,
         read_files,
         read_lines,
+        read_unexpected,
         ready_manifest,
     )
 
@@ -221,6 +222,7 @@ def bronze_batch(run: PlainRun, batch: str) -> dict[str, pl.DataFrame]:
     synthetic = read_files(folder / formats.SYNTHETIC_DIR, batch=batch, relative_to=folder)
     _manifest_mismatches(synthetic, manifest, synthetic["source_file"].to_list())
     frames["synthetic_photos"] = synthetic
+    frames["unread_files"] = read_unexpected(folder, batch=batch)
     for name, frame in frames.items():
         run.warehouse.write("bronze", name, frame)
     return frames

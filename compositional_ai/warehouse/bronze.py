@@ -1,7 +1,15 @@
 """Bronze: each landed source exactly as it arrived, one row per line or file, with its origin."""
 
 import polars as pl
-from dagster import AssetExecutionContext, MetadataValue, asset
+from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
+    AssetExecutionContext,
+    MetadataValue,
+    Output,
+    asset,
+)
 
 from compositional_ai.landing import formats
 from compositional_ai.resources.landing import LandingArea
@@ -9,11 +17,13 @@ from compositional_ai.warehouse.landing_files import (
     batch_folder,
     read_files,
     read_lines,
+    read_unexpected,
     ready_manifest,
 )
 from compositional_ai.warehouse.partitions import landing_batches
 
 TABLE = {"role": "table"}
+UNREAD_FILES_CHECK = "no_unread_files"
 
 
 def _manifest_metadata(
@@ -83,6 +93,50 @@ def repair_photos(context: AssetExecutionContext, landing: LandingArea) -> pl.Da
     _manifest_metadata(context, frame, ready_manifest(folder), frame["source_file"].to_list())
     context.log.info(f"batch {context.partition_key}: {frame.height} photo files")
     return frame
+
+
+@asset(
+    key_prefix="bronze",
+    group_name="bronze",
+    partitions_def=landing_batches,
+    tags=TABLE,
+    metadata={"partition_column": "batch"},
+    check_specs=[
+        AssetCheckSpec(
+            UNREAD_FILES_CHECK,
+            asset=["bronze", "unread_files"],
+            description="The batch holds only files of the landing contract.",
+        )
+    ],
+)
+def unread_files(context: AssetExecutionContext, landing: LandingArea):
+    """Every file in a batch folder outside the landing contract (a misspelt `request.jsonl`,
+    notes, a photo beside photos/), bytes included. Nothing downstream reads them; they are kept
+    so that they can be seen and recovered, and the batch's `no_unread_files` check warns."""
+    folder = batch_folder(landing.batches, context.partition_key)
+    frame = read_unexpected(folder, batch=context.partition_key)
+    names = frame["source_file"].to_list()
+    if names:
+        context.log.warning(
+            f"batch {context.partition_key}: {len(names)} file(s) outside the landing contract "
+            f"are kept in bronze.unread_files and not read further: {names[:10]}"
+        )
+    yield Output(frame, metadata={"batch": context.partition_key, "rows": frame.height})
+    yield AssetCheckResult(
+        check_name=UNREAD_FILES_CHECK,
+        passed=not names,
+        severity=AssetCheckSeverity.WARN,
+        description=(
+            f"{len(names)} landed file(s) are outside the landing contract and are not read"
+            if names
+            else "every landed file is part of the landing contract"
+        ),
+        metadata={
+            "batch": context.partition_key,
+            "count": len(names),
+            "unread_files": MetadataValue.json(names[:100]),
+        },
+    )
 
 
 @asset(

@@ -251,3 +251,23 @@ def unexpected_entries(folder: Path) -> list[str]:
     if not folder.is_dir():
         return []
     return sorted(entry.name for entry in folder.iterdir() if entry.name not in BATCH_ENTRIES)
+
+
+def read_unexpected(
+    folder: Path, *, batch: str, max_content_bytes: int = MAX_CONTENT_BYTES
+) -> pl.DataFrame:
+    """One bronze row per file the landing contract does not define, bytes kept as for photos.
+
+    No later layer reads these rows; they are kept so that a misspelt or stray file is seen
+    (bronze's `no_unread_files` check) and can be recovered, not dropped in silence. A folder is
+    read file by file; links and devices get a row without content, as in `read_files`.
+    """
+    paths: list[Path] = []
+    for name in unexpected_entries(folder):
+        path = folder / name
+        paths += _entries(path) if path.is_dir() and not path.is_symlink() else [path]
+    rows = [
+        _file_row(path, batch=batch, relative_to=folder, max_content_bytes=max_content_bytes)
+        for path in paths
+    ]
+    return pl.DataFrame(rows, schema=FILE_SCHEMA)
