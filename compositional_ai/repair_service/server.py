@@ -59,6 +59,7 @@ from compositional_ai.settings import DataPaths
 from compositional_ai.vision import images as image_checks
 from compositional_ai.vision.images import ImageRejected, decode_gray, inspect_image
 from compositional_ai.vision.training import predict_proba
+from compositional_ai.warehouse.validation import FUTURE_TOLERANCE
 
 logger = logging.getLogger(__name__)
 
@@ -685,6 +686,13 @@ class RepairService:
             )
         now = datetime.now(UTC)
         inspected = (body.inspected_at or now).astimezone(UTC)
+        if inspected > now + FUTURE_TOLERANCE:
+            # The same rule as landed outcomes (`timestamp_in_future`), so both paths agree.
+            raise ApiError(
+                422,
+                "invalid_outcome",
+                f"inspected_at {inspected.isoformat()} is in the future (now {now.isoformat()})",
+            )
         with session.lock:
             if session.has_outcome:
                 raise ApiError(409, "outcome_exists", f"{request_id} already has an outcome")

@@ -532,6 +532,14 @@ CHAT_AND_OUTCOME_ERRORS = [
         422,
         "invalid_fields",
     ),
+    # An inspection cannot be later than now (landed outcomes: timestamp_in_future).
+    (
+        "outcome",
+        "known",
+        {"technician_id": "T", "quote_accepted": False, "inspected_at": "2999-01-01T10:00:00Z"},
+        422,
+        "invalid_outcome",
+    ),
 ]
 
 
