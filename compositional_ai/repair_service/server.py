@@ -59,7 +59,11 @@ from compositional_ai.settings import DataPaths
 from compositional_ai.vision import images as image_checks
 from compositional_ai.vision.images import ImageRejected, decode_gray, inspect_image
 from compositional_ai.vision.training import predict_proba
-from compositional_ai.warehouse.validation import FUTURE_TOLERANCE
+from compositional_ai.warehouse.validation import (
+    FUTURE_TOLERANCE,
+    MAX_PHOTO_BYTES,
+    MAX_PHOTO_PIXELS,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -125,8 +129,9 @@ _REQUEST_ID = "compositional_ai.request_id"
 class ServiceConfig:
     """Limits and timings of one service instance."""
 
-    max_photo_bytes: int = 12 * 1024 * 1024
-    max_photo_pixels: int = 24_000_000
+    # The landing contract's limits, so a photo the service takes is one silver would take.
+    max_photo_bytes: int = MAX_PHOTO_BYTES
+    max_photo_pixels: int = MAX_PHOTO_PIXELS
     poll_s: float = DEFAULT_POLL_S
     housekeeping_s: float = 1.0
     inference_workers: int = 2

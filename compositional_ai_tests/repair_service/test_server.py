@@ -738,3 +738,12 @@ def test_sigkill_during_traffic_loses_no_answered_request(store, tmp_path):
     log = _log(paths, served_log.ASSESSMENTS_STREAM, INFERENCE_LOG_SCHEMA)
     counts = Counter(log["request_id"].to_list())
     assert all(counts[request_id] == 1 for request_id in succeeded | refused | {late["request_id"]})
+
+
+def test_the_service_takes_the_photos_the_landing_contract_takes() -> None:
+    """A photo the service accepts must not be quarantined when the same photo is landed."""
+    from compositional_ai.warehouse import validation
+
+    config = ServiceConfig()
+    assert config.max_photo_bytes == validation.MAX_PHOTO_BYTES
+    assert config.max_photo_pixels == validation.MAX_PHOTO_PIXELS
