@@ -238,7 +238,7 @@ def silver_batch(run: PlainRun, batch: str, bronze: dict[str, pl.DataFrame]) -> 
         quarantined_record_ids,
     )
     from compositional_ai.warehouse.privacy import withhold_personal_records
-    from compositional_ai.warehouse.silver import conservation
+    from compositional_ai.warehouse.silver import conservation, decoded_pixels
 
     wh = run.warehouse
     catalog = wh.read("silver", "product_catalog")
@@ -283,6 +283,7 @@ def silver_batch(run: PlainRun, batch: str, bronze: dict[str, pl.DataFrame]) -> 
     for source, result in validated.items():
         wh.write("silver", source, result.clean)
     wh.write("silver", "synthetic_photos", synthetic["synthetic_photos"].clean)
+    wh.write("silver", "photo_pixels", decoded_pixels(validated["repair_photos"].clean))
     wh.write("silver", "quarantine", quarantine)
     sources = {**validated, **synthetic}
     require(conservation({source: bronze[source].height for source in sources}, sources))
@@ -315,7 +316,7 @@ def inference_batch(run: PlainRun, batch: str) -> None:
         assess,
         predictions_valid,
     )
-    from compositional_ai.repair_service.vision_models import photo_contents
+    from compositional_ai.repair_service.vision_models import photo_pixels
     from compositional_ai.resources.model_registry import CHAMPION
 
     wh = run.warehouse
@@ -328,10 +329,10 @@ def inference_batch(run: PlainRun, batch: str) -> None:
         return
     champion = run.registry.version_by_alias(REPAIR_MODEL, CHAMPION)
     model = run.registry.load_torch(REPAIR_MODEL, champion.version)
-    contents = photo_contents(wh, online["photo_sha256"])
+    images = photo_pixels(wh, online["photo_sha256"], model.image_size)
     log = assess(
         online,
-        contents,
+        images,
         model,
         model_version=champion.version,
         catalog=wh.read("silver", "product_catalog"),

@@ -190,8 +190,14 @@ def table_columns(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> di
 
 
 def table_exists(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> bool:
-    """Whether schema.table exists."""
-    return bool(table_columns(con, schema, table))
+    """Whether schema.table exists (a table or a view)."""
+    (count,) = con.execute(
+        "SELECT count(*) FROM information_schema.tables "
+        "WHERE table_catalog = current_database() AND lower(table_schema) = lower(?) "
+        "AND lower(table_name) = lower(?)",
+        [schema, table],
+    ).fetchone()
+    return count > 0
 
 
 def count_rows(con: duckdb.DuckDBPyConnection, schema: str, table: str) -> int:

@@ -20,12 +20,11 @@ from dagster import (
 from compositional_ai.feedback.policy import PROMOTION_METRIC, promotion_decision
 from compositional_ai.repair_service.quotes import quote_usd
 from compositional_ai.repair_service.vision_models import (
-    photo_contents,
     photo_model_asset,
+    photo_pixels,
 )
 from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
-from compositional_ai.vision.images import decode_gray
 from compositional_ai.vision.training import predict_proba
 from compositional_ai.warehouse.partitions import landing_batches
 
@@ -148,18 +147,20 @@ repair_damage_model = photo_model_asset(
 
 def assess(
     requests: pl.DataFrame,
-    contents: list[bytes],
+    images: np.ndarray,
     model,
     *,
     model_version: str,
     catalog: pl.DataFrame,
 ) -> pl.DataFrame:
-    """Grade each request's photo, quote the repair, and return inference-log rows."""
+    """Grade each request's photo (uint8 pixels [N, S, S] at the model's size, one per request
+    in order), quote the repair, and return inference-log rows."""
+    if len(images) != requests.height:
+        raise ValueError(f"{requests.height} requests but {len(images)} images")
     started = time.perf_counter()
-    images = decode_gray(contents, model.image_size)
     proba = predict_proba(model, images, batch_size=INFERENCE_BATCH_SIZE)
     elapsed_ms = (time.perf_counter() - started) * 1000
-    per_image_ms = elapsed_ms / max(len(contents), 1)
+    per_image_ms = elapsed_ms / max(len(images), 1)
     levels = proba.argmax(axis=1).astype(np.int64)
     frame = requests.select(
         "request_id", "batch", pl.col("photo_sha256").alias("input_sha256"), "product_id"
@@ -222,7 +223,8 @@ def predictions_valid(log: pl.DataFrame) -> AssetCheckResult:
     partitions_def=landing_batches,
     tags={"role": "inference_log"},
     metadata={"partition_column": "batch"},
-    deps=[AssetKey(["repair", "repair_damage_model"])],
+    # photo_pixels: the batch's photos, decoded once in silver.
+    deps=[AssetKey(["repair", "repair_damage_model"]), AssetKey(["silver", "photo_pixels"])],
     ins={
         "requests": AssetIn(key=["silver", "repair_requests"]),
         "catalog": AssetIn(key=["silver", "product_catalog"]),
@@ -257,8 +259,8 @@ def repair_inference_log(
         return
     champion = model_registry.version_by_alias(REPAIR_MODEL, CHAMPION)
     model = model_registry.load_torch(REPAIR_MODEL, champion.version)
-    contents = photo_contents(warehouse, online["photo_sha256"])
-    log = assess(online, contents, model, model_version=champion.version, catalog=catalog)
+    images = photo_pixels(warehouse, online["photo_sha256"], model.image_size)
+    log = assess(online, images, model, model_version=champion.version, catalog=catalog)
     context.log.info(
         f"batch {context.partition_key}: {log.height} assessments by {REPAIR_MODEL} "
         f"v{champion.version}"

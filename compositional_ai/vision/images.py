@@ -60,6 +60,9 @@ _JPEG_EOI = 0xD9
 # Decoding a 300x300 PNG takes about a millisecond of one core, as long as the CNN's forward pass
 # over it, so batch callers decode on every core (at most 4) by default.
 DECODE_WORKERS = min(4, os.cpu_count() or 1)
+# The side silver decodes every clean photo to once (silver.photo_pixels), the demo models' size:
+# inference and training at this size read pixels instead of decoding the photo again.
+STORED_IMAGE_SIZE = 96
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
 

@@ -1,5 +1,6 @@
 """Silver: typed, validated, deduplicated and pseudonymised; every rejected row is quarantined."""
 
+import time
 from datetime import UTC, datetime
 
 import polars as pl
@@ -20,6 +21,7 @@ from dagster import (
 from compositional_ai.landing import formats
 from compositional_ai.lib.pseudonym import pseudonym_key_from_env
 from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.vision.images import STORED_IMAGE_SIZE, decode_gray
 from compositional_ai.warehouse import validation
 from compositional_ai.warehouse.lookups import (
     column_values,
@@ -221,6 +223,54 @@ def silver_batch(
         else {},
     )
     yield check
+
+
+PIXELS_SCHEMA = {
+    "batch": pl.String,
+    "sha256": pl.String,
+    "image_size": pl.Int64,
+    "pixels": pl.Binary,
+}
+
+
+def decoded_pixels(photos: pl.DataFrame, size: int = STORED_IMAGE_SIZE) -> pl.DataFrame:
+    """One row per distinct clean photo: its grayscale pixels at `size` x `size`, row-major
+    uint8 bytes, decoded once so that inference and training do not decode it again."""
+    unique = photos.select("batch", "sha256", "content").unique("sha256", keep="first")
+    unique = unique.sort("sha256")
+    pixels = decode_gray(unique["content"].to_list(), size)
+    return pl.DataFrame(
+        {
+            "batch": unique["batch"],
+            "sha256": unique["sha256"],
+            "image_size": pl.Series([size] * unique.height, dtype=pl.Int64),
+            "pixels": pl.Series([row.tobytes() for row in pixels], dtype=pl.Binary),
+        },
+        schema=PIXELS_SCHEMA,
+    )
+
+
+@asset(
+    key_prefix="silver",
+    group_name="silver",
+    tags=TABLE,
+    partitions_def=landing_batches,
+    metadata=BATCH_METADATA,
+    ins={"photos": AssetIn(key=["silver", "repair_photos"])},
+)
+def photo_pixels(context: AssetExecutionContext, photos: pl.DataFrame) -> pl.DataFrame:
+    """Each clean photo of the batch decoded once to grayscale pixels at the models' size."""
+    started = time.perf_counter()
+    frame = decoded_pixels(photos)
+    seconds = time.perf_counter() - started
+    context.add_output_metadata(
+        {
+            "image_size": STORED_IMAGE_SIZE,
+            "photos": frame.height,
+            "decode_seconds": MetadataValue.float(round(seconds, 3)),
+        }
+    )
+    return frame
 
 
 @asset(
