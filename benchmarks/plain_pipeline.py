@@ -185,16 +185,11 @@ def reference(run: PlainRun) -> None:
     require(holdout_origin_check(holdout))
 
 
-def _manifest_mismatches(frame: pl.DataFrame, manifest: dict, files: list[str]) -> list[str]:
-    expected = manifest.get("files", {})
-    read = dict(frame.select("source_file", "file_sha256").unique().iter_rows())
-    return [name for name in files if name in read and expected.get(name) != read[name]]
-
-
 def bronze_batch(run: PlainRun, batch: str) -> dict[str, pl.DataFrame]:
     """One batch's landed files as bronze rows, compared with the batch's manifest; the
     synthetic manifest and photos are optional, as in bronze.py."""
     from compositional_ai.landing import formats
+    from compositional_ai.warehouse.bronze import manifest_mismatches
     from compositional_ai.warehouse.landing_files import (
         batch_folder,
         read_files,
@@ -214,13 +209,13 @@ def bronze_batch(run: PlainRun, batch: str) -> dict[str, pl.DataFrame]:
         ("synthetic_manifest", formats.SYNTHETIC_FILE, True),
     ):
         frame = read_lines(folder / file_name, batch=batch, source_file=file_name, csv=csv)
-        _manifest_mismatches(frame, manifest, [file_name])
+        manifest_mismatches(frame, manifest, [file_name])
         frames[name] = frame
     photos = read_files(folder / formats.PHOTOS_DIR, batch=batch, relative_to=folder)
-    _manifest_mismatches(photos, manifest, photos["source_file"].to_list())
+    manifest_mismatches(photos, manifest, photos["source_file"].to_list())
     frames["repair_photos"] = photos
     synthetic = read_files(folder / formats.SYNTHETIC_DIR, batch=batch, relative_to=folder)
-    _manifest_mismatches(synthetic, manifest, synthetic["source_file"].to_list())
+    manifest_mismatches(synthetic, manifest, synthetic["source_file"].to_list())
     frames["synthetic_photos"] = synthetic
     frames["unread_files"] = read_unexpected(folder, batch=batch)
     for name, frame in frames.items():

@@ -6,9 +6,12 @@ from dagster import (
     AssetCheckSeverity,
     AssetCheckSpec,
     AssetExecutionContext,
+    AssetKey,
+    AssetOut,
     MetadataValue,
     Output,
     asset,
+    multi_asset,
 )
 
 from compositional_ai.landing import formats
@@ -26,24 +29,32 @@ TABLE = {"role": "table"}
 UNREAD_FILES_CHECK = "no_unread_files"
 
 
+def manifest_mismatches(frame: pl.DataFrame, manifest: dict, files: list[str]) -> list[str]:
+    """The files read whose sha256 differs from the lander's `_READY` manifest."""
+    expected = manifest.get("files", {})
+    read = dict(frame.select("source_file", "file_sha256").unique().iter_rows())
+    return [name for name in files if name in read and expected.get(name) != read[name]]
+
+
+def _read_metadata(batch: str, frame: pl.DataFrame, mismatched: list[str]) -> dict:
+    read = dict(frame.select("source_file", "file_sha256").unique().iter_rows())
+    return {
+        "batch": batch,
+        "files": MetadataValue.json(read),
+        "manifest_mismatches": MetadataValue.json(mismatched),
+    }
+
+
 def _manifest_metadata(
     context: AssetExecutionContext, frame: pl.DataFrame, manifest: dict, files: list[str]
 ) -> None:
     """Compare what was read with the lander's manifest; a mismatch is reported, not hidden."""
-    expected = manifest.get("files", {})
-    read = dict(frame.select("source_file", "file_sha256").unique().iter_rows())
-    mismatched = [name for name in files if name in read and expected.get(name) != read[name]]
+    mismatched = manifest_mismatches(frame, manifest, files)
     if mismatched:
         context.log.warning(
             f"batch {context.partition_key}: {mismatched} differ from the _READY manifest"
         )
-    context.add_output_metadata(
-        {
-            "batch": context.partition_key,
-            "files": MetadataValue.json(read),
-            "manifest_mismatches": MetadataValue.json(mismatched),
-        }
-    )
+    context.add_output_metadata(_read_metadata(context.partition_key, frame, mismatched))
 
 
 def _line_source_asset(name: str, file_name: str, *, csv: bool, optional: bool = False):
@@ -79,28 +90,25 @@ synthetic_manifest = _line_source_asset(
 )
 
 
-@asset(
-    key_prefix="bronze",
+@multi_asset(
+    outs={
+        "repair_photos": AssetOut(
+            key_prefix="bronze",
+            tags=TABLE,
+            metadata={"partition_column": "batch"},
+            description="Every file in each batch's photos folder, bytes and sha256 included.",
+        ),
+        "unread_files": AssetOut(
+            key_prefix="bronze",
+            tags=TABLE,
+            metadata={"partition_column": "batch"},
+            description="Every file in a batch folder outside the landing contract (a misspelt "
+            "requests file, notes, a photo beside photos/), bytes included; nothing downstream "
+            "reads them, and the no_unread_files check warns while any are there.",
+        ),
+    },
     group_name="bronze",
     partitions_def=landing_batches,
-    tags=TABLE,
-    metadata={"partition_column": "batch"},
-)
-def repair_photos(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
-    """Every file in each batch's photos folder, bytes and sha256 included."""
-    folder = batch_folder(landing.batches, context.partition_key)
-    frame = read_files(folder / formats.PHOTOS_DIR, batch=context.partition_key, relative_to=folder)
-    _manifest_metadata(context, frame, ready_manifest(folder), frame["source_file"].to_list())
-    context.log.info(f"batch {context.partition_key}: {frame.height} photo files")
-    return frame
-
-
-@asset(
-    key_prefix="bronze",
-    group_name="bronze",
-    partitions_def=landing_batches,
-    tags=TABLE,
-    metadata={"partition_column": "batch"},
     check_specs=[
         AssetCheckSpec(
             UNREAD_FILES_CHECK,
@@ -108,22 +116,35 @@ def repair_photos(context: AssetExecutionContext, landing: LandingArea) -> pl.Da
             description="The batch holds only files of the landing contract.",
         )
     ],
+    can_subset=False,
 )
-def unread_files(context: AssetExecutionContext, landing: LandingArea):
-    """Every file in a batch folder outside the landing contract (a misspelt `request.jsonl`,
-    notes, a photo beside photos/), bytes included. Nothing downstream reads them; they are kept
-    so that they can be seen and recovered, and the batch's `no_unread_files` check warns."""
-    folder = batch_folder(landing.batches, context.partition_key)
-    frame = read_unexpected(folder, batch=context.partition_key)
-    names = frame["source_file"].to_list()
+def batch_files(context: AssetExecutionContext, landing: LandingArea):
+    """The batch folder's files, in one walk: the photos, and whatever the contract does not
+    define (kept so that it can be seen and recovered, never read further)."""
+    batch = context.partition_key
+    folder = batch_folder(landing.batches, batch)
+    photos = read_files(folder / formats.PHOTOS_DIR, batch=batch, relative_to=folder)
+    manifest = ready_manifest(folder)
+    mismatched = manifest_mismatches(photos, manifest, photos["source_file"].to_list())
+    if mismatched:
+        context.log.warning(f"batch {batch}: {mismatched} differ from the _READY manifest")
+    context.log.info(f"batch {batch}: {photos.height} photo files")
+    yield Output(
+        photos,
+        output_name="repair_photos",
+        metadata=_read_metadata(batch, photos, mismatched),
+    )
+    unread = read_unexpected(folder, batch=batch)
+    names = unread["source_file"].to_list()
     if names:
         context.log.warning(
-            f"batch {context.partition_key}: {len(names)} file(s) outside the landing contract "
-            f"are kept in bronze.unread_files and not read further: {names[:10]}"
+            f"batch {batch}: {len(names)} file(s) outside the landing contract are kept in "
+            f"bronze.unread_files and not read further: {names[:10]}"
         )
-    yield Output(frame, metadata={"batch": context.partition_key, "rows": frame.height})
+    yield Output(unread, output_name="unread_files", metadata={"batch": batch, "rows": len(names)})
     yield AssetCheckResult(
         check_name=UNREAD_FILES_CHECK,
+        asset_key=AssetKey(["bronze", "unread_files"]),
         passed=not names,
         severity=AssetCheckSeverity.WARN,
         description=(
@@ -132,7 +153,7 @@ def unread_files(context: AssetExecutionContext, landing: LandingArea):
             else "every landed file is part of the landing contract"
         ),
         metadata={
-            "batch": context.partition_key,
+            "batch": batch,
             "count": len(names),
             "unread_files": MetadataValue.json(names[:100]),
         },

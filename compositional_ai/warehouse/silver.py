@@ -78,6 +78,31 @@ def conservation(
     )
 
 
+PIXELS_SCHEMA = {
+    "batch": pl.String,
+    "sha256": pl.String,
+    "image_size": pl.Int64,
+    "pixels": pl.Binary,
+}
+
+
+def decoded_pixels(photos: pl.DataFrame, size: int = STORED_IMAGE_SIZE) -> pl.DataFrame:
+    """One row per distinct clean photo: its grayscale pixels at `size` x `size`, row-major
+    uint8 bytes, decoded once so that inference and training do not decode it again."""
+    unique = photos.select("batch", "sha256", "content").unique("sha256", keep="first")
+    unique = unique.sort("sha256")
+    pixels = decode_gray(unique["content"].to_list(), size)
+    return pl.DataFrame(
+        {
+            "batch": unique["batch"],
+            "sha256": unique["sha256"],
+            "image_size": pl.Series([size] * unique.height, dtype=pl.Int64),
+            "pixels": pl.Series([row.tobytes() for row in pixels], dtype=pl.Binary),
+        },
+        schema=PIXELS_SCHEMA,
+    )
+
+
 @multi_asset(
     outs={
         "repair_photos": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
@@ -85,6 +110,13 @@ def conservation(
         "customers": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
         "technician_outcomes": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
         "quarantine": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
+        "photo_pixels": AssetOut(
+            key_prefix="silver",
+            tags=TABLE,
+            metadata=BATCH_METADATA,
+            description="Each clean photo decoded once to grayscale pixels at the models' size, "
+            "read by inference and training instead of decoding the photo again.",
+        ),
         "synthetic_photos": AssetOut(
             key_prefix="silver",
             tags=TABLE,
@@ -195,6 +227,18 @@ def silver_batch(
         )
         yield Output(result.clean, output_name=name)
         yield has_rows(name, result.clean.height, batch)
+    # Decoded here, from the photos already in memory, rather than by a step that reads them back.
+    started = time.perf_counter()
+    pixels = decoded_pixels(validated["repair_photos"].clean)
+    yield Output(
+        pixels,
+        output_name="photo_pixels",
+        metadata={
+            "image_size": STORED_IMAGE_SIZE,
+            "photos": pixels.height,
+            "decode_seconds": MetadataValue.float(round(time.perf_counter() - started, 3)),
+        },
+    )
     marked = synthetic["synthetic_photos"].clean
     context.log.info(
         f"batch {batch}: {bronze_synthetic_photos.height} synthetic photo files and "
@@ -223,54 +267,6 @@ def silver_batch(
         else {},
     )
     yield check
-
-
-PIXELS_SCHEMA = {
-    "batch": pl.String,
-    "sha256": pl.String,
-    "image_size": pl.Int64,
-    "pixels": pl.Binary,
-}
-
-
-def decoded_pixels(photos: pl.DataFrame, size: int = STORED_IMAGE_SIZE) -> pl.DataFrame:
-    """One row per distinct clean photo: its grayscale pixels at `size` x `size`, row-major
-    uint8 bytes, decoded once so that inference and training do not decode it again."""
-    unique = photos.select("batch", "sha256", "content").unique("sha256", keep="first")
-    unique = unique.sort("sha256")
-    pixels = decode_gray(unique["content"].to_list(), size)
-    return pl.DataFrame(
-        {
-            "batch": unique["batch"],
-            "sha256": unique["sha256"],
-            "image_size": pl.Series([size] * unique.height, dtype=pl.Int64),
-            "pixels": pl.Series([row.tobytes() for row in pixels], dtype=pl.Binary),
-        },
-        schema=PIXELS_SCHEMA,
-    )
-
-
-@asset(
-    key_prefix="silver",
-    group_name="silver",
-    tags=TABLE,
-    partitions_def=landing_batches,
-    metadata=BATCH_METADATA,
-    ins={"photos": AssetIn(key=["silver", "repair_photos"])},
-)
-def photo_pixels(context: AssetExecutionContext, photos: pl.DataFrame) -> pl.DataFrame:
-    """Each clean photo of the batch decoded once to grayscale pixels at the models' size."""
-    started = time.perf_counter()
-    frame = decoded_pixels(photos)
-    seconds = time.perf_counter() - started
-    context.add_output_metadata(
-        {
-            "image_size": STORED_IMAGE_SIZE,
-            "photos": frame.height,
-            "decode_seconds": MetadataValue.float(round(seconds, 3)),
-        }
-    )
-    return frame
 
 
 @asset(

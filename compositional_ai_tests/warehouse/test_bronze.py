@@ -25,7 +25,11 @@ def _materialize(tmp_path, batch: str) -> dg.ExecuteInProcessResult:
     instance.add_dynamic_partitions(landing_batches.name, [batch])
     return dg.materialize(
         [*dg.load_assets_from_modules(ASSET_MODULES)],
-        selection=[dg.AssetKey(["bronze", "unread_files"])],
+        # One step reads the batch folder's files: the photos and the unread files.
+        selection=[
+            dg.AssetKey(["bronze", "repair_photos"]),
+            dg.AssetKey(["bronze", "unread_files"]),
+        ],
         partition_key=batch,
         instance=instance,
         resources=build_resources(DataPaths(tmp_path)),
