@@ -3,6 +3,7 @@
 from dagster import (
     AssetKey,
     AssetRecordsFilter,
+    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -33,6 +34,19 @@ def covered_event(context: SensorEvaluationContext) -> int | None:
     return max(covered) if covered else None
 
 
+# Runs that have not started yet read gold, the training sets and the models' inputs only once
+# they start, so a waiting run already covers whatever lands before then.
+WAITING = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED]
+
+
+def waiting_retraining(context: SensorEvaluationContext) -> str | None:
+    """The id of a retraining run that is requested but not started yet, if there is one."""
+    runs = context.instance.get_runs(
+        filters=RunsFilter(job_name=retraining_job.name, statuses=WAITING), limit=1
+    )
+    return runs[0].run_id if runs else None
+
+
 def new_inference_partitions(context: SensorEvaluationContext, after: int | None):
     """Materializations of the inference logs stored after event `after`: (ids, partitions)."""
     storage_ids, partitions = [], set()
@@ -58,11 +72,20 @@ def new_inference_partitions(context: SensorEvaluationContext, after: int | None
 @sensor(job=retraining_job, minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING)
 def inference_partition_sensor(context: SensorEvaluationContext):
     """Request exactly one retraining run for the inference-log partitions logged since the
-    last request; the cursor is the newest event already covered."""
+    last request, unless a requested one has not started yet; the cursor is the newest event
+    already covered."""
     after = covered_event(context)
     storage_ids, partitions = new_inference_partitions(context, after)
     if not storage_ids:
         return SkipReason("no inference-log partitions since the last retraining request")
+    waiting = waiting_retraining(context)
+    if waiting is not None:
+        # Merged into the waiting run rather than queued behind it; the cursor stays, so once
+        # that run has started, whatever it may have missed gets one run of its own.
+        return SkipReason(
+            f"{len(storage_ids)} new inference-log materializations; retraining run {waiting} "
+            "has not started yet and will read them"
+        )
     newest = max(storage_ids)
     context.log.info(f"{len(storage_ids)} new inference-log materializations: {partitions}")
     return SensorResult(

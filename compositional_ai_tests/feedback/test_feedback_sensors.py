@@ -5,11 +5,15 @@ from dagster import (
     AssetKey,
     AssetMaterialization,
     DagsterInstance,
+    DagsterRun,
+    DagsterRunStatus,
     SkipReason,
     build_sensor_context,
 )
+from dagster._core.utils import make_new_run_id
 
 from compositional_ai.feedback.sensors import COVERED_EVENT_TAG, inference_partition_sensor
+from compositional_ai.jobs import retraining_job
 
 LOG = AssetKey(["repair", "repair_inference_log"])
 
@@ -66,3 +70,39 @@ def test_other_assets_do_not_trigger_retraining(instance):
     requests, cursor = _tick(instance, None)
 
     assert requests == [] and cursor is None
+
+
+def test_new_data_joins_a_retraining_run_that_has_not_started(instance):
+    _log_partitions(instance, "2026-01-12")
+    requests, cursor = _tick(instance, None)
+    assert len(requests) == 1
+    # The requested run has not started (the instance adds queued runs only with a code
+    # location's origin; a run not yet started stands for both waiting states here).
+    waiting = instance.add_run(
+        DagsterRun(
+            job_name=retraining_job.name,
+            run_id=make_new_run_id(),
+            status=DagsterRunStatus.NOT_STARTED,
+            tags=requests[0].tags,
+        )
+    )
+    _log_partitions(instance, "2026-01-19", "2026-01-26")
+    for _ in range(2):
+        again, same = _tick(instance, cursor)
+        assert again == [] and same == cursor
+    # Once it has started (here: ended), data after the cursor gets one run of its own.
+    instance.report_run_failed(waiting)
+    requests, later = _tick(instance, cursor)
+    assert len(requests) == 1 and int(later) > int(cursor)
+    assert requests[0].tags["compositional_ai/inference_partitions"] == "2026-01-19,2026-01-26"
+
+
+def test_a_waiting_run_of_another_job_does_not_hold_retraining_back(instance):
+    instance.add_run(
+        DagsterRun(
+            job_name="batch_job", run_id=make_new_run_id(), status=DagsterRunStatus.NOT_STARTED
+        )
+    )
+    _log_partitions(instance, "2026-01-12")
+    requests, _ = _tick(instance, None)
+    assert len(requests) == 1
