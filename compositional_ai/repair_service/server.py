@@ -221,6 +221,29 @@ class Catalog:
         return len(self._prices)
 
 
+# How long a retry waits for its original call, still being assessed, before it is refused.
+RETRY_WAIT_S = 30.0
+
+
+def _answer(row: dict) -> dict:
+    """The assessment's answer, from its log row (as written, or as read back after a restart)."""
+    return {
+        "request_id": row["request_id"],
+        "client_request_id": row["client_request_id"],
+        "product_id": row["product_id"],
+        "damage_level": row["predicted_level"],
+        "probabilities": list(row["probabilities"]),
+        "confidence": row["confidence"],
+        "quote": row["quote_usd"],
+        "quote_usd": row["quote_usd"],
+        "model_name": row["model_name"],
+        "model_version": row["model_version"],
+        "input_sha256": row["input_sha256"],
+        "latency_ms": row["latency_ms"],
+        "chat": {"reply": BOT_QUESTIONS[formats.CHAT_SLOTS[0]], "asks": formats.CHAT_SLOTS[0]},
+    }
+
+
 @dataclass
 class Session:
     """What the service remembers of one served assessment: its chat and whether it has an
@@ -234,6 +257,10 @@ class Session:
     turns: list[dict] = field(default_factory=list)
     has_outcome: bool = False
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # The caller's retry key, and what a retry with it must match and gets back.
+    client_request_id: str | None = None
+    input_sha256: str | None = None
+    answer: dict | None = None
 
     @property
     def transcript_id(self) -> str:
@@ -246,17 +273,29 @@ class Sessions:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._items: OrderedDict[str, Session] = OrderedDict()
+        self._by_client: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def add(self, session: Session) -> None:
         with self._lock:
             self._items[session.request_id] = session
+            if session.client_request_id is not None:
+                self._by_client[session.client_request_id] = session.request_id
             while len(self._items) > self.capacity:
-                self._items.popitem(last=False)
+                _, forgotten = self._items.popitem(last=False)
+                key = forgotten.client_request_id
+                if key is not None and self._by_client.get(key) == forgotten.request_id:
+                    del self._by_client[key]
 
     def get(self, request_id: str) -> Session | None:
         with self._lock:
             return self._items.get(request_id)
+
+    def by_client_request_id(self, client_request_id: str) -> Session | None:
+        """The remembered assessment made for this retry key, if any."""
+        with self._lock:
+            request_id = self._by_client.get(client_request_id)
+            return None if request_id is None else self._items.get(request_id)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -389,6 +428,9 @@ class RepairService:
             for stream in served_log.STREAMS
         }
         self._cpu = threading.BoundedSemaphore(config.inference_workers)
+        # Retry keys being assessed right now, so that a retry racing its original waits for it.
+        self._pending: dict[str, threading.Event] = {}
+        self._pending_lock = threading.Lock()
         self._stop = threading.Event()
         self._housekeeper: threading.Thread | None = None
         self.started_at = datetime.now(UTC)
@@ -455,13 +497,94 @@ class RepairService:
         phone: str | None,
         client_request_id: str | None,
     ) -> dict:
-        """Grade one photo and quote the repair; log request and assessment; return the answer."""
+        """Grade one photo and quote the repair; log request and assessment; return the answer.
+
+        A retry that repeats an earlier call's `client_request_id` with the same photo and
+        product gets that call's answer again (same request id) and adds no log rows; the same
+        key with another photo or product is refused (409). Keys are remembered as long as the
+        assessment's session (`max_sessions`, and across restarts from the log).
+        """
         context = {"client_request_id": _clip(client_request_id)}
         try:
             client_request_id = _text_field(
                 "client_request_id", client_request_id, limit=MAX_ID_CHARS, required=False
             )
-            context["client_request_id"] = client_request_id
+        except ApiError as error:
+            error.context = {**context, **error.context}
+            raise
+        if client_request_id is None:
+            return self._assess(
+                request_id=request_id,
+                started=started,
+                photo=photo,
+                product_id=product_id,
+                contact_fields=(name, email, phone),
+                client_request_id=None,
+            )
+        owner, pending = self._claim(client_request_id)
+        if not owner:
+            pending.wait(timeout=RETRY_WAIT_S)
+        try:
+            earlier = self.sessions.by_client_request_id(client_request_id)
+            if earlier is not None:
+                return self._replay(earlier, photo=photo, product_id=product_id)
+            if not owner:
+                raise ApiError(
+                    409,
+                    "client_request_in_progress",
+                    f"client_request_id {client_request_id!r} is still being assessed; retry later",
+                    client_request_id=client_request_id,
+                )
+            return self._assess(
+                request_id=request_id,
+                started=started,
+                photo=photo,
+                product_id=product_id,
+                contact_fields=(name, email, phone),
+                client_request_id=client_request_id,
+            )
+        finally:
+            if owner:
+                with self._pending_lock:
+                    self._pending.pop(client_request_id, None)
+                pending.set()
+
+    def _claim(self, client_request_id: str) -> tuple[bool, threading.Event]:
+        """(True, event) if this call assesses the key, else (False, the first call's event)."""
+        with self._pending_lock:
+            pending = self._pending.get(client_request_id)
+            if pending is not None:
+                return False, pending
+            pending = self._pending[client_request_id] = threading.Event()
+            return True, pending
+
+    def _replay(self, earlier: Session, *, photo: bytes | None, product_id: str | None) -> dict:
+        sha = None if photo is None else hashlib.sha256(photo).hexdigest()
+        if sha != earlier.input_sha256 or product_id != earlier.product_id:
+            raise ApiError(
+                409,
+                "client_request_id_reused",
+                f"client_request_id {earlier.client_request_id!r} was used for request "
+                f"{earlier.request_id} with another photo or product",
+                client_request_id=earlier.client_request_id,
+                input_sha256=sha,
+                product_id=_clip(product_id),
+            )
+        return dict(earlier.answer or {})
+
+    def _assess(
+        self,
+        *,
+        request_id: str,
+        started: float,
+        photo: bytes | None,
+        product_id: str | None,
+        contact_fields: tuple[str | None, str | None, str | None],
+        client_request_id: str | None,
+    ) -> dict:
+        name, email, phone = contact_fields
+        context = {"client_request_id": client_request_id}
+        try:
             product_id = _text_field("product_id", product_id, limit=MAX_ID_CHARS)
             context["product_id"] = product_id
             contacts = {
@@ -534,6 +657,7 @@ class RepairService:
         }
         self._write(served_log.REQUESTS_STREAM, [request_row])
         self._write(served_log.ASSESSMENTS_STREAM, [row])
+        answer = _answer(row)
         self.sessions.add(
             Session(
                 request_id=request_id,
@@ -541,23 +665,12 @@ class RepairService:
                 model_version=served.version,
                 predicted_level=level,
                 assessed_at=datetime.fromisoformat(now),
+                client_request_id=client_request_id,
+                input_sha256=sha,
+                answer=answer,
             )
         )
-        return {
-            "request_id": request_id,
-            "client_request_id": client_request_id,
-            "product_id": product_id,
-            "damage_level": level,
-            "probabilities": row["probabilities"],
-            "confidence": row["confidence"],
-            "quote": row["quote_usd"],
-            "quote_usd": row["quote_usd"],
-            "model_name": served.name,
-            "model_version": served.version,
-            "input_sha256": sha,
-            "latency_ms": latency,
-            "chat": {"reply": BOT_QUESTIONS[formats.CHAT_SLOTS[0]], "asks": formats.CHAT_SLOTS[0]},
-        }
+        return answer
 
     def _inspect(self, photo: bytes):
         try:
@@ -839,6 +952,9 @@ class RepairService:
                 predicted_level=record["predicted_level"],
                 assessed_at=record["inferred_at"],
                 has_outcome=request_id in done,
+                client_request_id=record["client_request_id"],
+                input_sha256=record["input_sha256"],
+                answer=_answer(record),
             )
             for turn in by_request.get(request_id, []):
                 session.turns.append(

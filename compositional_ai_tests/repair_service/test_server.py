@@ -724,6 +724,12 @@ def test_sigkill_during_traffic_loses_no_answered_request(store, tmp_path):
         assert status == 200
         status, late = _assess(url, photos[1])
         assert status == 200
+        # A retry of a call answered before the kill gets that answer back, from the log.
+        before = next(body for status, body in answered if status == 200)
+        index = int(before["client_request_id"].removeprefix("k-"))
+        status, retried = _assess(url, photos[index], client_request_id=f"k-{index}")
+        assert (status, retried["request_id"]) == (200, before["request_id"])
+        assert retried["probabilities"] == before["probabilities"]
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)
@@ -738,6 +744,39 @@ def test_sigkill_during_traffic_loses_no_answered_request(store, tmp_path):
     log = _log(paths, served_log.ASSESSMENTS_STREAM, INFERENCE_LOG_SCHEMA)
     counts = Counter(log["request_id"].to_list())
     assert all(counts[request_id] == 1 for request_id in succeeded | refused | {late["request_id"]})
+
+
+def _rows_for_key(paths, key: str) -> pl.DataFrame:
+    log = _log(paths, served_log.ASSESSMENTS_STREAM, INFERENCE_LOG_SCHEMA)
+    return log.filter(pl.col("client_request_id") == key)
+
+
+def test_a_retry_with_the_same_client_request_id_gets_the_same_answer_once_logged(running):
+    photo, other = _photos(2, start=520)
+    status, first = _assess(running.url, photo, client_request_id="retry-1")
+    assert status == 200
+    status, again = _assess(running.url, photo, client_request_id="retry-1")
+    assert (status, again) == (200, first)
+    # The same key for another photo is a client bug, not a retry.
+    status, body = _assess(running.url, other, client_request_id="retry-1")
+    assert (status, body["error"]["code"]) == (409, "client_request_id_reused")
+    rows = _rows_for_key(running.paths, "retry-1")
+    assert sorted(rows["status"].to_list()) == ["409", "ok"]
+    assert rows.filter(pl.col("status") == "ok")["request_id"].to_list() == [first["request_id"]]
+    # Without a key every call is its own assessment.
+    ids = {_assess(running.url, photo)[1]["request_id"] for _ in range(2)}
+    assert len(ids) == 2
+
+
+def test_retries_racing_each_other_are_assessed_once(running):
+    (photo,) = _photos(1, start=530)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        answers = list(
+            pool.map(lambda _: _assess(running.url, photo, client_request_id="race"), range(6))
+        )
+    assert [status for status, _ in answers] == [200] * 6
+    assert len({body["request_id"] for _, body in answers}) == 1
+    assert _rows_for_key(running.paths, "race").height == 1
 
 
 def test_the_service_takes_the_photos_the_landing_contract_takes() -> None:
