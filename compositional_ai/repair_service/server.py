@@ -60,6 +60,7 @@ from compositional_ai.vision import images as image_checks
 from compositional_ai.vision.images import ImageRejected, decode_gray, inspect_image
 from compositional_ai.vision.training import predict_proba
 from compositional_ai.warehouse.validation import (
+    EARLIEST_TIMESTAMP,
     FUTURE_TOLERANCE,
     MAX_PHOTO_BYTES,
     MAX_PHOTO_PIXELS,
@@ -810,6 +811,15 @@ class RepairService:
                 422,
                 "invalid_outcome",
                 f"inspected_at {inspected.isoformat()} is in the future (now {now.isoformat()})",
+            )
+        if inspected < EARLIEST_TIMESTAMP:
+            # Landing's bound too. Not "before the assessment": a replay of the workshop's
+            # history posts its outcomes with their original, earlier dates.
+            raise ApiError(
+                422,
+                "invalid_outcome",
+                f"inspected_at {inspected.isoformat()} is before "
+                f"{EARLIEST_TIMESTAMP.date().isoformat()}",
             )
         with session.lock:
             if session.has_outcome:

@@ -145,6 +145,10 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
         pos += length
 
 
+# The longest side a photo may have, whatever its pixel count (a camera's is below 8,000).
+MAX_SIDE = 8192
+
+
 def _pixel_limit(max_pixels: int) -> int:
     # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; staying under its
     # threshold keeps those warnings (errors under pytest) from ever firing after our check.
@@ -166,6 +170,11 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     if width * height > limit:
         raise ImageRejected(
             TOO_MANY_PIXELS, f"{width} x {height} = {width * height} pixels > limit {limit}"
+        )
+    if max(width, height) > MAX_SIDE:
+        # A thin strip passes the pixel limit yet costs seconds to resize to a square.
+        raise ImageRejected(
+            TOO_MANY_PIXELS, f"{width} x {height} pixels: a side is longer than {MAX_SIDE}"
         )
     try:
         with Image.open(io.BytesIO(data), formats=[fmt]) as image:

@@ -540,6 +540,14 @@ CHAT_AND_OUTCOME_ERRORS = [
         422,
         "invalid_outcome",
     ),
+    # ...nor before 2000 (landed outcomes: out_of_range).
+    (
+        "outcome",
+        "known",
+        {"technician_id": "T", "quote_accepted": False, "inspected_at": "1970-01-01T00:00:00Z"},
+        422,
+        "invalid_outcome",
+    ),
 ]
 
 

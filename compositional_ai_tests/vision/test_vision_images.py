@@ -94,6 +94,10 @@ REJECTED = [
     pytest.param(png_claiming(100_000, 100_000), LIMITS, "too_many_pixels", id="png-bomb"),
     # Just over the pixel limit: 2001 x 2000 > 4 M.
     pytest.param(png_claiming(2001, 2000), LIMITS, "too_many_pixels", id="png-just-over"),
+    # A strip within the pixel limit but longer than any camera's side (8193 x 1, then 1 x
+    # 8193): resizing such a strip to a square costs seconds of CPU.
+    pytest.param(png_claiming(8193, 1), LIMITS, "too_many_pixels", id="png-wide-strip"),
+    pytest.param(png_claiming(1, 8193), LIMITS, "too_many_pixels", id="png-tall-strip"),
     # JPEG frame header claiming 60000 x 60000.
     pytest.param(jpeg_claiming(60_000, 60_000), LIMITS, "too_many_pixels", id="jpeg-bomb"),
     # Zero-width PNG, which the format forbids.
