@@ -138,7 +138,12 @@ def create_lineage_view(warehouse: Warehouse) -> None:
 
 
 def lineage_of(warehouse: Warehouse, model_name: str, version: str) -> dict:
-    """The closed loop of one model version, as figures a person can read."""
+    """The closed loop of one model version, as figures a person can read.
+
+    The view is made again first: one made before the service's first segment was ingested
+    would not read the served inference log or outcomes.
+    """
+    create_lineage_view(warehouse)
     params = {"model": model_name, "version": version}
     predictions = warehouse.query(
         "select source, batch, count(distinct request_id) as n from gold.prediction_lineage "
