@@ -8,6 +8,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetOut, MetadataValue, Out
 from compositional_ai.chatbot.extractor import extract_slots
 from compositional_ai.landing import formats
 from compositional_ai.lib.pseudonym import pseudonym_key_from_env, pseudonymise
+from compositional_ai.resources.warehouse import EMPTY_IS_NORMAL_KEY
 from compositional_ai.warehouse import validation
 from compositional_ai.warehouse.partitions import landing_batches
 from compositional_ai.warehouse.privacy import withhold_personal_records
@@ -196,7 +197,7 @@ def capture_transcripts(
         "chat_quarantine": AssetOut(
             key_prefix="chatbot",
             tags={"role": "table"},
-            metadata={"partition_column": "batch"},
+            metadata={"partition_column": "batch", EMPTY_IS_NORMAL_KEY: True},
             description="Transcript lines the chatbot could not read, with the reason.",
         ),
     },

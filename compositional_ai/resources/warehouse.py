@@ -32,6 +32,7 @@ DEFAULT_PARTITION_COLUMN = "batch"
 TABLE_ROWS_KEY = "table_rows"
 PREVIEW_KEY = "preview"
 PARTITION_ROWS_KEY = "partition_rows"
+EMPTY_IS_NORMAL_KEY = "empty_is_normal"
 
 
 class Warehouse(dg.ConfigurableResource):
@@ -135,9 +136,11 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
             )
         if stats.rows_written == 0:
             scope = f"partitions {_describe_keys(keys)} of " if keys else ""
-            context.log.warning(
-                f"{purpose}: the asset returned no rows, so {scope}{schema}.{table} is now empty"
-            )
+            # A table that is empty when all is well (a quarantine, files outside the contract)
+            # says so in its metadata, and its empty partitions are not worth a warning.
+            expected = bool((context.definition_metadata or {}).get(EMPTY_IS_NORMAL_KEY))
+            log = context.log.info if expected else context.log.warning
+            log(f"{purpose}: the asset returned no rows, so {scope}{schema}.{table} is now empty")
         metadata: dict[str, Any] = {
             "dagster/row_count": dg.MetadataValue.int(stats.rows_written),
             "dagster/column_schema": dg.MetadataValue.table_schema(table_schema_of(obj)),

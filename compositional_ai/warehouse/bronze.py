@@ -16,6 +16,7 @@ from dagster import (
 
 from compositional_ai.landing import formats
 from compositional_ai.resources.landing import LandingArea
+from compositional_ai.resources.warehouse import EMPTY_IS_NORMAL_KEY
 from compositional_ai.warehouse.landing_files import (
     batch_folder,
     read_files,
@@ -26,6 +27,8 @@ from compositional_ai.warehouse.landing_files import (
 from compositional_ai.warehouse.partitions import landing_batches
 
 TABLE = {"role": "table"}
+# Optional sources and files outside the contract are empty for a sound batch: no warning.
+OPTIONAL_SOURCE = {"partition_column": "batch", EMPTY_IS_NORMAL_KEY: True}
 UNREAD_FILES_CHECK = "no_unread_files"
 
 
@@ -64,7 +67,11 @@ def _line_source_asset(name: str, file_name: str, *, csv: bool, optional: bool =
         group_name="bronze",
         partitions_def=landing_batches,
         tags=TABLE,
-        metadata={"partition_column": "batch", "landing_file": file_name},
+        metadata={
+            "partition_column": "batch",
+            "landing_file": file_name,
+            EMPTY_IS_NORMAL_KEY: optional,
+        },
     )
     def _bronze_lines(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
         folder = batch_folder(landing.batches, context.partition_key)
@@ -101,7 +108,7 @@ synthetic_manifest = _line_source_asset(
         "unread_files": AssetOut(
             key_prefix="bronze",
             tags=TABLE,
-            metadata={"partition_column": "batch"},
+            metadata=OPTIONAL_SOURCE,
             description="Every file in a batch folder outside the landing contract (a misspelt "
             "requests file, notes, a photo beside photos/), bytes included; nothing downstream "
             "reads them, and the no_unread_files check warns while any are there.",
@@ -165,7 +172,7 @@ def batch_files(context: AssetExecutionContext, landing: LandingArea):
     group_name="bronze",
     partitions_def=landing_batches,
     tags=TABLE,
-    metadata={"partition_column": "batch"},
+    metadata=OPTIONAL_SOURCE,
 )
 def synthetic_photos(context: AssetExecutionContext, landing: LandingArea) -> pl.DataFrame:
     """Every file in each batch's synthetic folder, bytes and sha256 included."""

@@ -20,7 +20,7 @@ from dagster import (
 
 from compositional_ai.landing import formats
 from compositional_ai.lib.pseudonym import pseudonym_key_from_env
-from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.resources.warehouse import EMPTY_IS_NORMAL_KEY, Warehouse
 from compositional_ai.vision.images import STORED_IMAGE_SIZE, decode_gray
 from compositional_ai.warehouse import validation
 from compositional_ai.warehouse.lookups import (
@@ -33,6 +33,8 @@ from compositional_ai.warehouse.privacy import withhold_personal_records
 
 TABLE = {"role": "table"}
 BATCH_METADATA = {"partition_column": "batch"}
+# Tables that are empty for a sound batch: their empty partitions are not warned about.
+EMPTY_IS_NORMAL = {**BATCH_METADATA, EMPTY_IS_NORMAL_KEY: True}
 CONSERVATION_CHECK = "bronze_rows_accounted_for"
 HAS_ROWS_CHECK = "partition_has_rows"
 PER_BATCH_TABLES = ("repair_photos", "repair_requests", "customers", "technician_outcomes")
@@ -109,7 +111,7 @@ def decoded_pixels(photos: pl.DataFrame, size: int = STORED_IMAGE_SIZE) -> pl.Da
         "repair_requests": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
         "customers": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
         "technician_outcomes": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
-        "quarantine": AssetOut(key_prefix="silver", tags=TABLE, metadata=BATCH_METADATA),
+        "quarantine": AssetOut(key_prefix="silver", tags=TABLE, metadata=EMPTY_IS_NORMAL),
         "photo_pixels": AssetOut(
             key_prefix="silver",
             tags=TABLE,
@@ -120,7 +122,7 @@ def decoded_pixels(photos: pl.DataFrame, size: int = STORED_IMAGE_SIZE) -> pl.Da
         "synthetic_photos": AssetOut(
             key_prefix="silver",
             tags=TABLE,
-            metadata=BATCH_METADATA,
+            metadata=EMPTY_IS_NORMAL,
             description="Synthetic photos, each marked synthetic=true with its generator version "
             "and its parent's sha256; never a label of their own.",
         ),

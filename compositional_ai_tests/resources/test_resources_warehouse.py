@@ -19,6 +19,7 @@ from compositional_ai.lib.locking import (
 )
 from compositional_ai.resources import Warehouse, WarehouseIOManager
 from compositional_ai.resources.warehouse import (
+    EMPTY_IS_NORMAL_KEY,
     PARTITION_ROWS_KEY,
     PREVIEW_KEY,
     TABLE_ROWS_KEY,
@@ -237,6 +238,21 @@ def test_zero_rows_are_written_with_a_warning(database, io_manager, instance):
     ]
     assert len(warnings) == 1 and "gold.maybe_empty" in warnings[0] and "b2" in warnings[0]
     assert sql(database, "SELECT batch, count(*) FROM gold.maybe_empty GROUP BY 1") == [("b1", 3)]
+
+
+def test_a_table_empty_when_all_is_well_is_logged_without_a_warning(database, io_manager, instance):
+    @dg.asset(key_prefix=["gold"], partitions_def=BATCHES, metadata={EMPTY_IS_NORMAL_KEY: True})
+    def quiet_quarantine(context: dg.AssetExecutionContext) -> pl.DataFrame:
+        return pl.DataFrame({"batch": []}, schema={"batch": pl.String})
+
+    result = run([quiet_quarantine], io_manager, instance, partition_key="b1")
+    assert result.success
+    levels = [
+        entry.level
+        for entry in instance.all_logs(result.run_id)
+        if entry.user_message and "no rows" in entry.user_message
+    ]
+    assert levels == [logging.INFO]
 
 
 def test_zero_column_frame_fails_before_the_file_exists(database, io_manager, instance):
