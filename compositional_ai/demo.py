@@ -14,6 +14,7 @@ from dagster import DagsterInstance, Definitions, RunRequest, build_sensor_conte
 
 from compositional_ai.definitions import build_definitions
 from compositional_ai.feedback.sensors import inference_partition_sensor
+from compositional_ai.lib.tables import hold_warehouse
 from compositional_ai.repair_service.assets import REPAIR_MODEL
 from compositional_ai.resources.model_registry import CHAMPION
 from compositional_ai.settings import DataPaths
@@ -122,19 +123,21 @@ def run_demo(
     ops = training_run_config or {}
 
     on_step("reference data: product catalog and evaluation holdout")
-    execute_job(defs, instance, "reference_job")
+    with _ingesting(paths, "reference_job"):
+        execute_job(defs, instance, "reference_job")
 
     batch_requests = _sensor_requests(landing_batch_sensor, instance, defs)
     registry = defs.resources["model_registry"]
     for request in sorted(batch_requests, key=lambda r: r.partition_key):
         on_step(f"landing batch {request.partition_key}")
-        execute_job(
-            defs,
-            instance,
-            "batch_job",
-            partition_key=request.partition_key,
-            tags=dict(request.tags),
-        )
+        with _ingesting(paths, f"batch_job [{request.partition_key}]"):
+            execute_job(
+                defs,
+                instance,
+                "batch_job",
+                partition_key=request.partition_key,
+                tags=dict(request.tags),
+            )
         if not registry.has_alias(REPAIR_MODEL, CHAMPION):
             on_step("seed repair model from the workshop archive")
             execute_job(
@@ -153,6 +156,17 @@ def run_demo(
             tags=dict(request.tags),
             run_config=ops_config(ops, RETRAINING_MODEL_OPS),
         )
+
+
+def _ingesting(paths: DataPaths, label: str):
+    """The warehouse held open for one ingestion run of the demo.
+
+    An ingestion run is many short reads and writes (about 60 for a batch), each of which would
+    otherwise open and close the DuckDB file; the run takes seconds, so other processes wait
+    that long at most. Training runs open the file per access as usual, since they compute for
+    minutes between accesses.
+    """
+    return hold_warehouse(paths.warehouse, purpose=f"demo run {label}")
 
 
 def ops_config(training: dict, op_names: list[str] = RETRAINING_MODEL_OPS) -> dict:

@@ -20,6 +20,8 @@ from compositional_ai.lib.tables import (
     PartitionMismatchError,
     SchemaMismatchError,
     can_store,
+    connect_warehouse,
+    hold_warehouse,
     markdown_preview,
     quote_identifier,
     read_frame,
@@ -476,3 +478,104 @@ def test_killed_write_leaves_previous_contents(tmp_path: Path, moment: str):
 def test_errors_survive_pickling(error):
     copy = pickle.loads(pickle.dumps(error))
     assert type(copy) is type(error) and str(copy) == str(error)
+
+
+# Holds the warehouse at argv[1], commits one partition through connect_warehouse, says so, and
+# waits inside the hold to be killed.
+KILLED_HOLDER = r"""
+import sys
+import time
+import polars as pl
+from compositional_ai.lib.tables import connect_warehouse, hold_warehouse, write_frame
+
+with hold_warehouse(sys.argv[1], purpose="demo run batch_job [w1]"):
+    with connect_warehouse(sys.argv[1], purpose="materialize silver/t") as con:
+        write_frame(con, "silver", "t", pl.DataFrame({"batch": ["w1"], "value": [11]}),
+                    partition_column="batch", partition_values=["w1"])
+    print("committed", flush=True)
+    time.sleep(60)
+"""
+
+# Tries to open the warehouse at argv[1] for at most 0.5 s and prints what happened.
+WAITING_READER = r"""
+import sys
+from compositional_ai.lib.locking import LockTimeoutError
+from compositional_ai.lib.tables import connect_warehouse
+
+try:
+    with connect_warehouse(sys.argv[1], purpose="query", lock_timeout_s=0.5) as con:
+        print("opened", con.execute("SELECT 1").fetchone()[0])
+except LockTimeoutError as error:
+    print("waited:", error)
+"""
+
+
+def _other_process(script: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True
+    )
+
+
+def test_connections_inside_a_hold_share_one_open_file(tmp_path: Path):
+    path = tmp_path / "warehouse.duckdb"
+    wal = path.with_name(path.name + ".wal")
+    with hold_warehouse(path, purpose="demo run"):
+        for batch, values in (("w1", [1, 2]), ("w2", [3])):
+            with connect_warehouse(path, purpose="materialize silver/t") as con:
+                write_batch(con, batch, values)
+            # Closing the step's connection did not close the file, so nothing checkpointed
+            # the write out of the log yet.
+            assert wal.exists() and wal.stat().st_size > 0
+        with connect_warehouse(path, purpose="load silver/t") as con:
+            assert rows(con, "SELECT sum(value) FROM silver.t") == [(6,)]
+    # The end of the hold closes the file, checkpointing it.
+    assert not wal.exists()
+    with duckdb.connect(str(path)) as after:
+        assert rows(after, "SELECT batch, value FROM silver.t ORDER BY value") == [
+            ("w1", 1),
+            ("w1", 2),
+            ("w2", 3),
+        ]
+
+
+def test_another_process_waits_for_the_whole_hold_and_then_opens(tmp_path: Path):
+    path = tmp_path / "warehouse.duckdb"
+    with hold_warehouse(path, purpose="demo run batch_job [w1]"):
+        reader = _other_process(WAITING_READER, str(path))
+        waited, _ = reader.communicate(timeout=60)
+    assert waited.startswith("waited:") and "demo run batch_job [w1]" in waited
+    reader = _other_process(WAITING_READER, str(path))
+    opened, _ = reader.communicate(timeout=60)
+    assert opened.strip() == "opened 1"
+
+
+def test_a_failed_write_inside_a_hold_undoes_only_itself(tmp_path: Path):
+    path = tmp_path / "warehouse.duckdb"
+    with hold_warehouse(path, purpose="demo run"):
+        with connect_warehouse(path, purpose="first") as con:
+            write_batch(con, "w1", [1])
+        with pytest.raises(SchemaMismatchError):
+            with connect_warehouse(path, purpose="second") as con:
+                frame = pl.DataFrame({"batch": ["w1"], "value": ["not a number"]})
+                write_frame(
+                    con, "silver", "t", frame, partition_column="batch", partition_values=["w1"]
+                )
+    with duckdb.connect(str(path)) as after:
+        assert rows(after, "SELECT batch, value FROM silver.t") == [("w1", 1)]
+
+
+def test_a_write_committed_inside_a_killed_hold_survives(tmp_path: Path):
+    path = tmp_path / "warehouse.duckdb"
+    holder = _other_process(KILLED_HOLDER, str(path))
+    try:
+        assert holder.stdout.readline().strip() == "committed"
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+        holder.stdout.close()
+    assert holder.returncode == -signal.SIGKILL
+    with connect_warehouse(path, purpose="after the kill", lock_timeout_s=5) as con:
+        assert rows(con, "SELECT batch, value FROM silver.t") == [("w1", 11)]
