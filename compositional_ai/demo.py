@@ -161,7 +161,7 @@ def run_demo(
 def _ingesting(paths: DataPaths, label: str):
     """The warehouse held open for one ingestion run of the demo.
 
-    An ingestion run is many short reads and writes (about 60 for a batch), each of which would
+    An ingestion run is many short reads and writes (about 50 for a batch), each of which would
     otherwise open and close the DuckDB file; the run takes seconds, so other processes wait
     that long at most. Training runs open the file per access as usual, since they compute for
     minutes between accesses.
