@@ -48,10 +48,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compositional_ai.chatbot.extractor import extract_slots
 from compositional_ai.landing import formats
-from compositional_ai.lib.pseudonym import pseudonym_key_from_env, pseudonymise
+from compositional_ai.lib.pseudonym import pseudonym_key_from_env, pseudonymise_one
 from compositional_ai.repair_service import served_log
 from compositional_ai.repair_service.assets import INFERENCE_LOG_SCHEMA, REPAIR_MODEL
-from compositional_ai.repair_service.quotes import quote_usd
+from compositional_ai.repair_service.quotes import quote_usd_one
 from compositional_ai.repair_service.served_log import ServedLog, ServedLogError
 from compositional_ai.repair_service.serving import DEFAULT_POLL_S, ChampionHolder
 from compositional_ai.resources.model_registry import ModelRegistry
@@ -615,7 +615,7 @@ class RepairService:
             error.context = {**context, **error.context}
             raise
         level = int(np.argmax(proba))
-        quote = pl.select(quote_usd(pl.lit(level, pl.Int64), pl.lit(price, pl.Float64))).item()
+        quote = quote_usd_one(level, price)
         sha = context["input_sha256"]
         now = served_log.utc_now_iso()
         photo_name = f"{sha}.{PHOTO_SUFFIX[info.format]}"
@@ -633,9 +633,7 @@ class RepairService:
             "photo_width": info.width,
             "photo_height": info.height,
             **{
-                f"{kind}_pseudonym": pseudonymise(
-                    pl.Series([value]), kind=kind, key=self.pseudonym_key
-                ).item()
+                f"{kind}_pseudonym": pseudonymise_one(value, kind=kind, key=self.pseudonym_key)
                 for kind, value in contacts.items()
             },
         }
