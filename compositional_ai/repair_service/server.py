@@ -17,8 +17,8 @@ after its rows are on disk; if the log cannot take them, the answer is 503.
 
 Untrusted input is checked before it reaches anything expensive: the body size at the door
 (bodies over the limit are answered 413 without being parsed), the form fields and product id,
-then `inspect_image` (format, byte and pixel limits from the header, a full verifying decode)
-before the photo is decoded for the model. CPU work runs in worker threads, at most
+then `inspect_and_decode` (format, byte and pixel limits from the header, a full verifying
+decode, whose pixels the model then gets). CPU work runs in worker threads, at most
 `inference_workers` at a time, never on the event loop.
 """
 
@@ -57,7 +57,7 @@ from compositional_ai.repair_service.serving import DEFAULT_POLL_S, ChampionHold
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.settings import DataPaths
 from compositional_ai.vision import images as image_checks
-from compositional_ai.vision.images import ImageRejected, decode_gray, inspect_image
+from compositional_ai.vision.images import DecodeFailed, ImageRejected, inspect_and_decode
 from compositional_ai.vision.training import predict_proba
 from compositional_ai.warehouse.validation import (
     EARLIEST_TIMESTAMP,
@@ -605,11 +605,7 @@ class RepairService:
                 raise ApiError(503, "no_model", f"no version of {REPAIR_MODEL} is champion yet")
             context["model_version"] = served.version
             with self._cpu:
-                info = self._inspect(photo)
-                try:
-                    pixels = decode_gray([photo], served.image_size)
-                except ImageRejected as error:
-                    raise ApiError(422, DECODE_FAILED, error.detail) from error
+                info, pixels = self._inspect_and_decode(photo, served.image_size)
                 proba = predict_proba(served.model, pixels, batch_size=1)[0]
         except ApiError as error:
             error.context = {**context, **error.context}
@@ -671,13 +667,16 @@ class RepairService:
         )
         return answer
 
-    def _inspect(self, photo: bytes):
+    def _inspect_and_decode(self, photo: bytes, size: int):
         try:
-            return inspect_image(
+            return inspect_and_decode(
                 photo,
+                size,
                 max_bytes=self.config.max_photo_bytes,
                 max_pixels=self.config.max_photo_pixels,
             )
+        except DecodeFailed as error:
+            raise ApiError(422, DECODE_FAILED, error.detail) from error
         except ImageRejected as error:
             raise ApiError(REJECTION_STATUS[error.reason], error.reason, error.detail) from error
 
