@@ -188,7 +188,8 @@ def inspect_and_decode(
             raise DecodeFailed(error.reason, error.detail) from error
         except Exception as error:
             raise DecodeFailed(*_classify_decode_error("image", error)) from error
-    return info, pixels[None]
+    # A copy: the array over Pillow's buffer is read-only, and torch wants to own writable memory.
+    return info, pixels[None].copy()
 
 
 def _check_header(data: bytes, *, max_bytes: int, max_pixels: int) -> str:

@@ -205,7 +205,7 @@ def test_inspect_and_decode_gives_inspect_image_and_decode_gray(data: bytes) -> 
     info, pixels = inspect_and_decode(data, 24, **LIMITS)
 
     assert info == inspect_image(data, **LIMITS)
-    assert pixels.dtype == np.uint8
+    assert pixels.dtype == np.uint8 and pixels.flags.writeable
     assert np.array_equal(pixels, decode_gray([data], 24))
 
 
