@@ -495,7 +495,7 @@ def _result(phases: dict, rows: dict, service: dict) -> Result:
             "photos": PHOTOS,
             "service": {k: v for k, v in service.items() if k != "server_stderr_tail"},
             "statuses": {name: phase["statuses"] for name, phase in phases.items()},
-            "config": "ServiceConfig defaults (2 inference workers, 1 torch thread each)",
+            "config": "ServiceConfig defaults (2 decoders, one batch grader, 1 torch thread)",
         },
         findings=findings,
     )

@@ -1,5 +1,7 @@
 """Repair quotes from an assessed damage level and the product's list price."""
 
+from functools import lru_cache
+
 import polars as pl
 
 INSPECTION_FEE_USD = 49.0
@@ -15,3 +17,11 @@ def quote_usd(level: pl.Expr, list_price_usd: pl.Expr) -> pl.Expr:
         return_dtype=pl.Float64,
     )
     return (pl.lit(INSPECTION_FEE_USD) + share * list_price_usd.fill_null(0.0)).round(2)
+
+
+# A catalog has few prices and there are four levels, so the pairs a service sees repeat; the
+# cache keeps `quote_usd` the one definition (its rounding included) at a dict lookup per call.
+@lru_cache(maxsize=65_536)
+def quote_usd_one(level: int, list_price_usd: float | None) -> float:
+    """`quote_usd` for one level and price, as a Python float."""
+    return pl.select(quote_usd(pl.lit(level, pl.Int64), pl.lit(list_price_usd, pl.Float64))).item()

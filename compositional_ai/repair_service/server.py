@@ -17,9 +17,10 @@ after its rows are on disk; if the log cannot take them, the answer is 503.
 
 Untrusted input is checked before it reaches anything expensive: the body size at the door
 (bodies over the limit are answered 413 without being parsed), the form fields and product id,
-then `inspect_image` (format, byte and pixel limits from the header, a full verifying decode)
-before the photo is decoded for the model. CPU work runs in worker threads, at most
-`inference_workers` at a time, never on the event loop.
+then `inspect_and_decode` (format, byte and pixel limits from the header, a full verifying
+decode, whose pixels the model then gets). Photos are checked and decoded in worker threads, at
+most `inference_workers` at a time, and graded by one thread that runs a single forward pass for
+every photo waiting (`serving.BatchGrader`); none of it runs on the event loop.
 """
 
 import hashlib
@@ -48,17 +49,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compositional_ai.chatbot.extractor import extract_slots
 from compositional_ai.landing import formats
-from compositional_ai.lib.pseudonym import pseudonym_key_from_env, pseudonymise
+from compositional_ai.lib.pseudonym import pseudonym_key_from_env, pseudonymise_one
 from compositional_ai.repair_service import served_log
 from compositional_ai.repair_service.assets import INFERENCE_LOG_SCHEMA, REPAIR_MODEL
-from compositional_ai.repair_service.quotes import quote_usd
+from compositional_ai.repair_service.quotes import quote_usd_one
 from compositional_ai.repair_service.served_log import ServedLog, ServedLogError
-from compositional_ai.repair_service.serving import DEFAULT_POLL_S, ChampionHolder
+from compositional_ai.repair_service.serving import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_POLL_S,
+    BatchGrader,
+    ChampionHolder,
+)
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.settings import DataPaths
 from compositional_ai.vision import images as image_checks
-from compositional_ai.vision.images import ImageRejected, decode_gray, inspect_image
-from compositional_ai.vision.training import predict_proba
+from compositional_ai.vision.images import DecodeFailed, ImageRejected, inspect_and_decode
 from compositional_ai.warehouse.validation import (
     EARLIEST_TIMESTAMP,
     FUTURE_TOLERANCE,
@@ -137,6 +142,8 @@ class ServiceConfig:
     housekeeping_s: float = 1.0
     inference_workers: int = 2
     torch_threads: int = 1
+    # The most photos graded in one forward pass.
+    max_batch: int = DEFAULT_MAX_BATCH
     segment_max_bytes: int = served_log.DEFAULT_MAX_BYTES
     segment_max_age_s: float = served_log.DEFAULT_MAX_AGE_S
     max_sessions: int = 50_000
@@ -146,8 +153,8 @@ class ServiceConfig:
     def __post_init__(self) -> None:
         if self.max_photo_bytes < 1 or self.max_photo_pixels < 1:
             raise ValueError("photo limits must be positive")
-        if self.inference_workers < 1 or self.torch_threads < 1:
-            raise ValueError("inference_workers and torch_threads must be >= 1")
+        if self.inference_workers < 1 or self.torch_threads < 1 or self.max_batch < 1:
+            raise ValueError("inference_workers, torch_threads and max_batch must be >= 1")
 
     @property
     def form_body_limit(self) -> int:
@@ -429,6 +436,7 @@ class RepairService:
             for stream in served_log.STREAMS
         }
         self._cpu = threading.BoundedSemaphore(config.inference_workers)
+        self.grader = BatchGrader(max_batch=config.max_batch)
         # Retry keys being assessed right now, so that a retry racing its original waits for it.
         self._pending: dict[str, threading.Event] = {}
         self._pending_lock = threading.Lock()
@@ -454,6 +462,7 @@ class RepairService:
         except Exception as error:
             # Losing old conversations is better than not serving: the log itself is untouched.
             logger.error("sessions not restored from %s: %s", self.root, error)
+        self.grader.start()
         self.holder.start()
         self._housekeeper = threading.Thread(
             target=self._housekeeping, name="served-log-housekeeping", daemon=True
@@ -464,6 +473,7 @@ class RepairService:
         """Stop polling and close every log segment into `closed/`."""
         self._stop.set()
         self.holder.stop()
+        self.grader.stop()
         if self._housekeeper is not None:
             self._housekeeper.join(timeout=30)
         for log in self.logs.values():
@@ -605,17 +615,13 @@ class RepairService:
                 raise ApiError(503, "no_model", f"no version of {REPAIR_MODEL} is champion yet")
             context["model_version"] = served.version
             with self._cpu:
-                info = self._inspect(photo)
-                try:
-                    pixels = decode_gray([photo], served.image_size)
-                except ImageRejected as error:
-                    raise ApiError(422, DECODE_FAILED, error.detail) from error
-                proba = predict_proba(served.model, pixels, batch_size=1)[0]
+                info, pixels = self._inspect_and_decode(photo, served.image_size)
+            proba = self.grader.grade(served.model, pixels)
         except ApiError as error:
             error.context = {**context, **error.context}
             raise
         level = int(np.argmax(proba))
-        quote = pl.select(quote_usd(pl.lit(level, pl.Int64), pl.lit(price, pl.Float64))).item()
+        quote = quote_usd_one(level, price)
         sha = context["input_sha256"]
         now = served_log.utc_now_iso()
         photo_name = f"{sha}.{PHOTO_SUFFIX[info.format]}"
@@ -633,9 +639,7 @@ class RepairService:
             "photo_width": info.width,
             "photo_height": info.height,
             **{
-                f"{kind}_pseudonym": pseudonymise(
-                    pl.Series([value]), kind=kind, key=self.pseudonym_key
-                ).item()
+                f"{kind}_pseudonym": pseudonymise_one(value, kind=kind, key=self.pseudonym_key)
                 for kind, value in contacts.items()
             },
         }
@@ -673,13 +677,16 @@ class RepairService:
         )
         return answer
 
-    def _inspect(self, photo: bytes):
+    def _inspect_and_decode(self, photo: bytes, size: int):
         try:
-            return inspect_image(
+            return inspect_and_decode(
                 photo,
+                size,
                 max_bytes=self.config.max_photo_bytes,
                 max_pixels=self.config.max_photo_pixels,
             )
+        except DecodeFailed as error:
+            raise ApiError(422, DECODE_FAILED, error.detail) from error
         except ImageRejected as error:
             raise ApiError(REJECTION_STATUS[error.reason], error.reason, error.detail) from error
 

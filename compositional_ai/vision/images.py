@@ -86,6 +86,10 @@ class ImageRejected(ValueError):
         self.detail = detail
 
 
+class DecodeFailed(ImageRejected):
+    """An image passed `inspect_image` but could not be decoded to the model's pixels."""
+
+
 def _sniff_format(data: bytes) -> str:
     if data.startswith(_PNG_SIGNATURE):
         return "PNG"
@@ -158,6 +162,37 @@ def _pixel_limit(max_pixels: int) -> int:
 
 def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
     """Check untrusted bytes are a complete PNG or JPEG within the size limits, and describe it."""
+    fmt = _check_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    with _verified(data, fmt) as image:
+        return _describe(image, fmt)
+
+
+def inspect_and_decode(
+    data: bytes, size: int, *, max_bytes: int, max_pixels: int
+) -> tuple[ImageInfo, np.ndarray]:
+    """`inspect_image`, then the photo as `decode_gray([data], size)` gives it ([1, size, size]).
+
+    A PNG is decoded once: the checks' full verifying decode is the one the pixels come from.
+    A JPEG is decoded again, in draft mode at reduced scale, as `decode_gray` does. Raises
+    `ImageRejected` as `inspect_image` does, or `DecodeFailed` if the photo passed the checks
+    but could not be turned into pixels.
+    """
+    if size < 1:
+        raise ValueError(f"size must be positive, got {size}")
+    fmt = _check_header(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    with _verified(data, fmt) as image:
+        info = _describe(image, fmt)
+        try:
+            pixels = _gray_pixels(image, size) if fmt == "PNG" else _decode_one(data, size)
+        except ImageRejected as error:
+            raise DecodeFailed(error.reason, error.detail) from error
+        except Exception as error:
+            raise DecodeFailed(*_classify_decode_error("image", error)) from error
+    # A copy: the array over Pillow's buffer is read-only, and torch wants to own writable memory.
+    return info, pixels[None].copy()
+
+
+def _check_header(data: bytes, *, max_bytes: int, max_pixels: int) -> str:
     if len(data) == 0:
         raise ImageRejected(EMPTY_FILE, "no bytes")
     if len(data) > max_bytes:
@@ -176,16 +211,33 @@ def inspect_image(data: bytes, *, max_bytes: int, max_pixels: int) -> ImageInfo:
         raise ImageRejected(
             TOO_MANY_PIXELS, f"{width} x {height} pixels: a side is longer than {MAX_SIDE}"
         )
+    return fmt
+
+
+def _verified(data: bytes, fmt: str) -> Image.Image:
+    """The image fully decoded (every byte read), after `_check_header` passed; close it."""
+    image = None
     try:
-        with Image.open(io.BytesIO(data), formats=[fmt]) as image:
-            image.load()
-            return ImageInfo(width=image.width, height=image.height, mode=image.mode, format=fmt)
+        image = Image.open(io.BytesIO(data), formats=[fmt])
+        image.load()
+        return image
     except Image.DecompressionBombError as error:
+        _close(image)
         raise ImageRejected(TOO_MANY_PIXELS, str(error)) from error
     except Exception as error:
+        _close(image)
         # The bytes are untrusted: whatever Pillow's decoders raise (OSError, SyntaxError,
         # struct.error, zlib.error, ...) becomes a rejection, never an unexpected exception.
         raise ImageRejected(*_classify_decode_error(fmt, error)) from error
+
+
+def _close(image: Image.Image | None) -> None:
+    if image is not None:
+        image.close()
+
+
+def _describe(image: Image.Image, fmt: str) -> ImageInfo:
+    return ImageInfo(width=image.width, height=image.height, mode=image.mode, format=fmt)
 
 
 def _classify_decode_error(fmt: str, error: Exception) -> tuple[str, str]:
@@ -205,17 +257,21 @@ def _to_gray(image: Image.Image) -> Image.Image:
     return image.convert("L")
 
 
+def _gray_pixels(image: Image.Image, size: int) -> np.ndarray:
+    gray = _to_gray(image)
+    if gray.size != (size, size):
+        # Lanczos blurs thin cracks less than bilinear, for about a quarter more time.
+        gray = gray.resize((size, size), Image.Resampling.LANCZOS)
+    return np.asarray(gray, dtype=np.uint8)
+
+
 def _decode_one(data: bytes, size: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data), formats=list(SUPPORTED_FORMATS)) as image:
             if image.format == "JPEG":
                 # JPEG can decode at 1/2, 1/4 or 1/8 scale directly: much faster, still >= size.
                 image.draft("L", (size, size))
-            gray = _to_gray(image)
-            if gray.size != (size, size):
-                # Lanczos blurs thin cracks less than bilinear, for about a quarter more time.
-                gray = gray.resize((size, size), Image.Resampling.LANCZOS)
-            return np.asarray(gray, dtype=np.uint8)
+            return _gray_pixels(image, size)
     except Image.DecompressionBombError as error:
         raise ImageRejected(TOO_MANY_PIXELS, str(error)) from error
     except ImageRejected:

@@ -26,13 +26,13 @@ import uvicorn
 from PIL import Image
 
 from compositional_ai.landing import formats
-from compositional_ai.repair_service import served_log, server
+from compositional_ai.repair_service import served_log
 from compositional_ai.repair_service.assets import INFERENCE_LOG_SCHEMA, REPAIR_MODEL
 from compositional_ai.repair_service.quotes import INSPECTION_FEE_USD, PARTS_SHARE_BY_LEVEL
 from compositional_ai.repair_service.server import ServiceConfig, create_app
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.settings import PSEUDONYM_KEY_ENV, DataPaths
-from compositional_ai.vision.images import ImageRejected
+from compositional_ai.vision import images as image_checks
 from compositional_ai.vision.training import TrainConfig, fit
 
 # Every test here needs models trained and registered in MLflow first (several seconds).
@@ -384,10 +384,11 @@ def test_a_huge_declared_body_is_refused_before_it_is_sent(running):
 
 
 def test_a_decoding_failure_after_inspection_is_a_422(running, monkeypatch):
-    def failing_decode(data, size):
-        raise ImageRejected("not_an_image", "item 0: the decoder gave up")
+    # The photo passes every check; turning the verified decode into pixels then fails.
+    def failing_pixels(image, size):
+        raise OSError("the resampler gave up")
 
-    monkeypatch.setattr(server, "decode_gray", failing_decode)
+    monkeypatch.setattr(image_checks, "_gray_pixels", failing_pixels)
     status, body = _assess(running.url, _png((64, 64)))
     assert (status, body["error"]["code"]) == (422, "decode_failed")
     log = _log(running.paths, served_log.ASSESSMENTS_STREAM, INFERENCE_LOG_SCHEMA)

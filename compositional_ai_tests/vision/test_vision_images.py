@@ -10,9 +10,11 @@ from PIL import Image
 
 from compositional_ai.vision.images import (
     REJECTION_REASONS,
+    DecodeFailed,
     ImageInfo,
     ImageRejected,
     decode_gray,
+    inspect_and_decode,
     inspect_image,
 )
 
@@ -159,6 +161,62 @@ ACCEPTED = [
 @pytest.mark.parametrize(("data", "expected"), ACCEPTED)
 def test_inspect_image_accepts(data: bytes, expected: ImageInfo) -> None:
     assert inspect_image(data, **LIMITS) == expected
+
+
+@pytest.mark.parametrize("data", [case.values[0] for case in REJECTED])
+def test_inspect_and_decode_rejects_what_inspect_image_rejects(data: bytes) -> None:
+    limits = {**LIMITS, "max_bytes": 1000} if data == real_png() else LIMITS
+    with pytest.raises(ImageRejected) as expected:
+        inspect_image(data, **limits)
+
+    with pytest.raises(ImageRejected) as caught:
+        inspect_and_decode(data, 24, **limits)
+
+    assert not isinstance(caught.value, DecodeFailed)
+    assert (caught.value.reason, caught.value.detail) == (
+        expected.value.reason,
+        expected.value.detail,
+    )
+
+
+def palette_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.stack([gradient()] * 3, axis=-1)).convert("P").save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+# Photos of every kind the service may take, with the pixels decode_gray makes of them.
+DECODED = [
+    pytest.param(real_png(), id="real-cell"),
+    pytest.param(encode(gradient(30, 50), "PNG"), id="png-50x30"),
+    pytest.param(encode(gradient(24, 24), "PNG"), id="png-at-size"),
+    pytest.param(encode(gradient().astype(np.uint16) * 257, "PNG"), id="png-16bit"),
+    pytest.param(encode(np.stack([gradient()] * 3, axis=-1), "PNG"), id="png-rgb"),
+    pytest.param(encode(np.dstack([gradient()] * 4), "PNG"), id="png-rgba"),
+    pytest.param(encode(gradient() > 60, "PNG"), id="png-1bit"),
+    pytest.param(palette_png(), id="png-palette"),
+    pytest.param(JPEG, id="gray-jpeg"),
+    pytest.param(encode(np.stack([gradient(300, 300)] * 3, axis=-1), "JPEG"), id="rgb-jpeg-draft"),
+]
+
+
+@pytest.mark.parametrize("data", DECODED)
+def test_inspect_and_decode_gives_inspect_image_and_decode_gray(data: bytes) -> None:
+    info, pixels = inspect_and_decode(data, 24, **LIMITS)
+
+    assert info == inspect_image(data, **LIMITS)
+    assert pixels.dtype == np.uint8 and pixels.flags.writeable
+    assert np.array_equal(pixels, decode_gray([data], 24))
+
+
+def test_inspect_and_decode_reports_a_failure_after_the_checks(monkeypatch) -> None:
+    def failing(image, size):
+        raise OSError("resampling failed")
+
+    monkeypatch.setattr("compositional_ai.vision.images._gray_pixels", failing)
+
+    with pytest.raises(DecodeFailed, match="resampling failed"):
+        inspect_and_decode(PNG, 24, **LIMITS)
 
 
 def test_pixel_limit_never_exceeds_pillows_bomb_threshold(monkeypatch) -> None:

@@ -104,6 +104,24 @@ def test_predict_proba_rows_are_distributions_and_mode_is_restored(trained) -> N
     assert np.allclose(proba, predict_proba(result.model, images[:, None]), atol=1e-6)
 
 
+def test_predict_proba_grades_in_eval_mode_even_when_only_a_submodule_trains() -> None:
+    # A model in eval mode with one BatchNorm switched back to training: in training mode that
+    # layer would normalise by the batch, so the answer shows which mode the forward pass used.
+    torch.manual_seed(0)
+    model = DamageCNN(3, width=8, image_size=SIZE)
+    with torch.no_grad():
+        model.features[1].running_mean.fill_(0.5)
+    images, _ = synthetic_cells(6, seed=4)
+    model.eval()
+    expected = predict_proba(model, images)
+    model.features[1].train()
+
+    proba = predict_proba(model, images)
+
+    assert np.array_equal(proba, expected)
+    assert not any(module.training for module in model.modules())
+
+
 def test_model_bytes_round_trip_gives_equal_predictions(trained) -> None:
     result, _ = trained
     images, _ = synthetic_cells(20, seed=3)
