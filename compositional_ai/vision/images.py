@@ -8,6 +8,7 @@ huge canvas (a decompression bomb) is rejected without allocating it. Every fail
 
 import io
 import os
+import re
 import struct
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -240,8 +241,13 @@ def _describe(image: Image.Image, fmt: str) -> ImageInfo:
     return ImageInfo(width=image.width, height=image.height, mode=image.mode, format=fmt)
 
 
+# Pillow names the buffer it read in some messages ("<_io.BytesIO object at 0x7f...>"): an
+# address of the service's memory that a caller has no use for.
+_OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def _classify_decode_error(fmt: str, error: Exception) -> tuple[str, str]:
-    message = str(error) or type(error).__name__
+    message = _OBJECT_REPR.sub("the photo", str(error)) or type(error).__name__
     if isinstance(error, EOFError) or "truncated" in message.lower():
         return TRUNCATED_IMAGE, f"{fmt} data ends early: {message}"
     return NOT_AN_IMAGE, f"{fmt} data is corrupt: {message}"

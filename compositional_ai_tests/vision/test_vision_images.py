@@ -44,6 +44,14 @@ def corrupt_idat(png: bytes) -> bytes:
     return bytes(data)
 
 
+def flip_ihdr_crc(png: bytes) -> bytes:
+    """The PNG with one bit of its IHDR chunk's CRC flipped."""
+    data = bytearray(png)
+    crc = data.find(b"IHDR") + 4 + 13
+    data[crc] ^= 0x01
+    return bytes(data)
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height 8-bit gray pixels."""
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
@@ -110,6 +118,8 @@ REJECTED = [
     ),
     # Valid header, but the compressed pixel stream is garbage.
     pytest.param(corrupt_idat(PNG), LIMITS, "not_an_image", id="png-corrupt-idat"),
+    # A real cell photo with one bit of its header's checksum flipped.
+    pytest.param(flip_ihdr_crc(real_png()), LIMITS, "not_an_image", id="png-bad-ihdr-crc"),
     # JPEG whose first marker is start-of-scan: no frame header at all.
     pytest.param(b"\xff\xd8\xff\xda\x00\x08" + b"\x00" * 20, LIMITS, "not_an_image", id="jpeg-sos"),
     # Well-formed images in formats we do not take.
@@ -126,6 +136,8 @@ def test_inspect_image_rejects(data: bytes, limits: dict, reason: str) -> None:
         inspect_image(data, **limits)
     assert caught.value.reason == reason
     assert caught.value.detail
+    # The detail reaches service callers: it names the problem, not the service's memory.
+    assert " at 0x" not in caught.value.detail
 
 
 def test_every_reason_is_exercised() -> None:
