@@ -1109,6 +1109,15 @@ class IntakeMiddleware:
         await response(scope, receive, send)
 
 
+def _field_of(problem: dict) -> str:
+    """The field a validation problem is about, dotted; "body" for the body as a whole."""
+    # A body that is not JSON at all is located by the character where parsing failed
+    # (("body", 1)), which names no field.
+    if problem.get("type") == "json_invalid":
+        return "body"
+    return ".".join(str(part) for part in problem["loc"][1:]) or "body"
+
+
 def _request_context(error: RequestValidationError) -> dict:
     body = getattr(error, "body", None)
     if body is None or not hasattr(body, "get"):
@@ -1165,17 +1174,9 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
         problems = error.errors()
-        missing = [
-            ".".join(str(part) for part in problem["loc"][1:]) or "body"
-            for problem in problems
-            if problem.get("type") == "missing"
-        ]
+        missing = [_field_of(problem) for problem in problems if problem.get("type") == "missing"]
         details = [
-            {
-                "field": ".".join(str(part) for part in problem["loc"][1:]) or "body",
-                "problem": problem.get("msg", ""),
-            }
-            for problem in problems
+            {"field": _field_of(problem), "problem": problem.get("msg", "")} for problem in problems
         ]
         code = "missing_fields" if missing and len(missing) == len(problems) else "invalid_fields"
         message = "; ".join(f"{item['field']}: {item['problem']}" for item in details)

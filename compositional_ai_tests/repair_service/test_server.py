@@ -570,6 +570,22 @@ def test_chat_and_outcome_errors_are_answered_and_logged(
     assert set(rows["status"]) == {str(status)}
 
 
+@pytest.mark.parametrize(
+    ("payload", "fields"),
+    [
+        # Not JSON at all: the body as a whole is at fault, not a field named by a position.
+        (b"{not json", ["body"]),
+        # JSON, but the text is a number and an unknown field rides along.
+        ({"text": 5, "extra": 1}, ["text", "extra"]),
+    ],
+)
+def test_a_malformed_chat_body_names_the_fields_at_fault(running, assessed_id, payload, fields):
+    url = f"{running.url}/v1/assessments/{assessed_id}/chat"
+    status, body = _post_json(url, payload)
+    assert (status, body["error"]["code"]) == (422, "invalid_fields")
+    assert [item["field"] for item in body["error"]["fields"]] == fields
+
+
 def test_models_health_and_openapi(running):
     status, models = _request("GET", f"{running.url}/v1/models")
     assert status == 200
