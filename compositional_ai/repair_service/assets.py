@@ -24,7 +24,7 @@ from compositional_ai.repair_service.vision_models import (
     photo_pixels,
 )
 from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
-from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.resources.warehouse import EMPTY_IS_NORMAL_KEY, Warehouse
 from compositional_ai.vision.training import predict_proba
 from compositional_ai.warehouse.partitions import landing_batches
 
@@ -254,7 +254,7 @@ def repair_inference_log(
     if online.is_empty():
         context.log.info(f"batch {context.partition_key}: no online requests to assess")
         empty = pl.DataFrame(schema=INFERENCE_LOG_SCHEMA)
-        yield Output(empty)
+        yield Output(empty, metadata={EMPTY_IS_NORMAL_KEY: True})
         yield predictions_valid(empty)
         return
     champion = model_registry.version_by_alias(REPAIR_MODEL, CHAMPION)

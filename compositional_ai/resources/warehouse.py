@@ -82,6 +82,14 @@ def partition_column_of(definition_metadata: Mapping[str, Any] | None) -> str:
     return value
 
 
+def _flag(metadata: Mapping[str, Any] | None) -> bool:
+    """Whether the metadata marks an empty output as normal."""
+    value = (metadata or {}).get(EMPTY_IS_NORMAL_KEY)
+    if isinstance(value, dg.MetadataValue):
+        value = value.value
+    return bool(value)
+
+
 def _describe_keys(keys: Sequence[str], shown: int = 3) -> str:
     listed = ", ".join(keys[:shown])
     return listed + (f" and {len(keys) - shown} more" if len(keys) > shown else "")
@@ -137,8 +145,10 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         if stats.rows_written == 0:
             scope = f"partitions {_describe_keys(keys)} of " if keys else ""
             # A table that is empty when all is well (a quarantine, files outside the contract)
-            # says so in its metadata, and its empty partitions are not worth a warning.
-            expected = bool((context.definition_metadata or {}).get(EMPTY_IS_NORMAL_KEY))
+            # says so in its metadata, and its empty partitions are not worth a warning; so
+            # does an output that the asset knows to be empty for a reason (an inference log
+            # of a batch without online requests).
+            expected = _flag(context.definition_metadata) or _flag(context.output_metadata)
             log = context.log.info if expected else context.log.warning
             log(f"{purpose}: the asset returned no rows, so {scope}{schema}.{table} is now empty")
         metadata: dict[str, Any] = {

@@ -255,6 +255,29 @@ def test_a_table_empty_when_all_is_well_is_logged_without_a_warning(database, io
     assert levels == [logging.INFO]
 
 
+def test_an_output_marked_empty_for_a_reason_is_logged_without_a_warning(
+    database, io_manager, instance
+):
+    @dg.asset(key_prefix=["repair"], partitions_def=BATCHES)
+    def predictions(context: dg.AssetExecutionContext):
+        # b1 has nothing to assess, and the asset says so; b2's empty output is unexplained.
+        empty = pl.DataFrame({"batch": []}, schema={"batch": pl.String})
+        marked = context.partition_key == "b1"
+        return dg.Output(empty, metadata={EMPTY_IS_NORMAL_KEY: True} if marked else {})
+
+    def levels(partition_key: str) -> list[int]:
+        result = run([predictions], io_manager, instance, partition_key=partition_key)
+        assert result.success
+        return [
+            entry.level
+            for entry in instance.all_logs(result.run_id)
+            if entry.user_message and "no rows" in entry.user_message
+        ]
+
+    assert levels("b1") == [logging.INFO]
+    assert levels("b2") == [logging.WARNING]
+
+
 def test_zero_column_frame_fails_before_the_file_exists(database, io_manager, instance):
     @dg.asset(key_prefix=["gold"])
     def nothing() -> pl.DataFrame:
