@@ -78,12 +78,15 @@ def _lineage(args: argparse.Namespace, paths: DataPaths) -> None:
     if not version:
         raise SystemExit("name a version: compositional-ai lineage repair_damage_model@1")
     resources = build_resources(paths)
-    registered = [v.version for v in resources["model_registry"].versions(model)]
+    registry = resources["model_registry"]
+    registered = [v.version for v in registry.versions(model)]
+    if not registered:
+        names = ", ".join(registry.model_names()) or "none yet"
+        raise SystemExit(f"no model named {model!r} is registered (registered models: {names})")
     if version not in registered:
-        known = ", ".join(f"{model}@{v}" for v in registered) or "none"
+        known = ", ".join(f"{model}@{v}" for v in registered)
         raise SystemExit(
-            f"{model}@{version} is not a registered model version (registered: {known}); "
-            "the model names are those of `compositional-ai summary`"
+            f"{model}@{version} is not a registered model version (registered: {known})"
         )
     chain = lineage_of(resources["warehouse"], model, version)
     made = sum(row["n"] for row in chain["predictions"])

@@ -174,3 +174,10 @@ def test_the_lineage_command_prints_the_chain_and_refuses_an_unknown_version(
         cli.main(["lineage", "repair_damage_model@99"])
     assert "repair_damage_model@99 is not a registered model version" in str(refused.value)
     assert "repair_damage_model@1, repair_damage_model@2" in str(refused.value)
+
+    with pytest.raises(SystemExit) as unknown:
+        cli.main(["lineage", "nosuch@9"])
+    assert str(unknown.value) == (
+        "no model named 'nosuch' is registered (registered models: defect_detector, "
+        "repair_damage_model, service_recommender)"
+    )

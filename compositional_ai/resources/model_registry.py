@@ -155,6 +155,11 @@ class ModelRegistry(ConfigurableResource):
         ]
         return sorted(described, key=lambda version: int(version.version))
 
+    def model_names(self) -> list[str]:
+        """The name of every registered model, sorted."""
+        client = self._activate()
+        return sorted(model.name for model in client.search_registered_models(max_results=1000))
+
     def version_tagged(self, model_name: str, key: str, value: str) -> RegisteredVersion | None:
         """The newest version of `model_name` whose tag `key` equals `value`, or None."""
         client = self._activate()
