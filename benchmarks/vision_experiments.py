@@ -103,6 +103,8 @@ CONFIGS: dict[str, tuple[str, TrainConfig]] = {
         "levels",
         replace(BASE, image_size=160, epochs=40, val_fraction=0.0, augment="affine"),
     ),
+    # Twice the width (about 3.5x the compute of width 16): is capacity the limit?
+    "c96_all_w32": ("levels", replace(BASE, val_fraction=0.0, width=32)),
 }
 # What a plain run measures; the others are there for --only.
 DEFAULT_RUN = ("c96", "bin96")
