@@ -442,7 +442,8 @@ def _silver_batch(path: Path, catalog: pl.LazyFrame, out: Path) -> tuple[int, in
 
 def run_polars(data: Path, out: Path, batches: int) -> dict:
     """Silver one batch (partition) at a time, gold as a streaming fold over the partitions."""
-    catalog = pl.scan_parquet(data / "catalog.parquet")
+    # Read once: every batch looks its products up in the same few hundred rows.
+    catalog = pl.read_parquet(data / "catalog.parquet").lazy()
     files = sorted((data / "bronze").glob("*.parquet"))[:batches]
     for folder in ("silver", "quarantine", "gold"):
         (out / folder).mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ most `inference_workers` at a time, and graded by one thread that runs a single 
 every photo waiting (`serving.BatchGrader`); none of it runs on the event loop.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -523,15 +524,16 @@ class RepairService:
         except ApiError as error:
             error.context = {**context, **error.context}
             raise
+        assess = functools.partial(
+            self._assess,
+            request_id=request_id,
+            started=started,
+            photo=photo,
+            product_id=product_id,
+            contact_fields=(name, email, phone),
+        )
         if client_request_id is None:
-            return self._assess(
-                request_id=request_id,
-                started=started,
-                photo=photo,
-                product_id=product_id,
-                contact_fields=(name, email, phone),
-                client_request_id=None,
-            )
+            return assess(client_request_id=None)
         owner, pending = self._claim(client_request_id)
         if not owner:
             pending.wait(timeout=RETRY_WAIT_S)
@@ -546,14 +548,7 @@ class RepairService:
                     f"client_request_id {client_request_id!r} is still being assessed; retry later",
                     client_request_id=client_request_id,
                 )
-            return self._assess(
-                request_id=request_id,
-                started=started,
-                photo=photo,
-                product_id=product_id,
-                contact_fields=(name, email, phone),
-                client_request_id=client_request_id,
-            )
+            return assess(client_request_id=client_request_id)
         finally:
             if owner:
                 with self._pending_lock:
