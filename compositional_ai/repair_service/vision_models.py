@@ -4,7 +4,7 @@ import base64
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import mlflow
@@ -22,6 +22,14 @@ from dagster import (
 from compositional_ai.feedback.lineage import record_training
 from compositional_ai.lib import tables
 from compositional_ai.repair_service.served_log import PHOTOS_DIR
+from compositional_ai.repair_service.warm_start import (
+    ARCHITECTURE_PARAMS,
+    PAIRS_ARTIFACT,
+    WarmStartPlan,
+    plan_warm_start,
+    scratch,
+    training_pairs,
+)
 from compositional_ai.resources.landing import LandingArea
 from compositional_ai.resources.model_registry import ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
@@ -65,6 +73,24 @@ class VisionTrainingConfig(Config):
     # Decide at the training data's class priors after the class-weighted loss: 1-3 points of
     # 4-class accuracy in the measurements, the promotion metric.
     prior_correction: bool = True
+    # Continue from this asset's previous version when everything it learned still holds and
+    # at most `warm_start_max_new_share` of the set is new: `warm_start_epochs` at
+    # `warm_start_lr` over the new rows and `warm_start_replay` times as many old ones
+    # (repair_service/warm_start.py). Otherwise, or when off, train from scratch.
+    warm_start: bool = True
+    warm_start_epochs: int = 4
+    warm_start_lr: float = 3e-4
+    warm_start_max_new_share: float = 0.5
+    warm_start_replay: float = 1.0
+
+    def warm_start_settings(self) -> dict:
+        return {
+            "warm_start": self.warm_start,
+            "warm_start_epochs": self.warm_start_epochs,
+            "warm_start_lr": self.warm_start_lr,
+            "warm_start_max_new_share": self.warm_start_max_new_share,
+            "warm_start_replay": self.warm_start_replay,
+        }
 
     def to_train_config(self) -> TrainConfig:
         return TrainConfig(
@@ -221,12 +247,18 @@ def evaluate(model, holdout: pl.DataFrame, *, binary_only: bool) -> tuple[dict, 
 
 
 FINGERPRINT_TAG = "training_fingerprint"
+# Which asset trained a version: its next version continues from the newest one it trained.
+ASSET_TAG = "dagster_asset_key"
 
 
 def training_fingerprint(
-    training_digest: str, holdout_digest: str, config: TrainConfig, num_classes: int
+    training_digest: str,
+    holdout_digest: str,
+    config: TrainConfig,
+    num_classes: int,
+    warm_start: dict | None = None,
 ) -> str:
-    """A digest of everything a version's weights and holdout figures depend on."""
+    """A digest of the training set, the holdout and the settings a version was trained with."""
     # The time budget is left out: it decides when training stops, not what it learns from.
     settings = {k: v for k, v in asdict(config).items() if k != "max_seconds"}
     payload = json.dumps(
@@ -235,6 +267,7 @@ def training_fingerprint(
             "holdout": holdout_digest,
             "num_classes": num_classes,
             "config": settings,
+            "warm_start": warm_start or {},
         },
         sort_keys=True,
     )
@@ -291,13 +324,18 @@ def train_and_register(
     train_config = config.to_train_config()
     digest = frame_digest(training_set, ["photo_sha256", label_column])
     fingerprint = training_fingerprint(
-        digest, frame_digest(holdout, ["sha256", "damage_level"]), train_config, num_classes
+        digest,
+        frame_digest(holdout, ["sha256", "damage_level"]),
+        train_config,
+        num_classes,
+        config.warm_start_settings(),
     )
     trained_before = registry.version_tagged(model_name, FINGERPRINT_TAG, fingerprint)
     if trained_before is not None:
-        # Training is seeded and deterministic: the same rows and settings give the same model,
-        # so a re-run (a retry, a re-delivered partition, a manual re-materialization) reuses
-        # the version instead of registering a copy of it.
+        # Training is seeded and deterministic: the same rows and settings (and, for a warm
+        # start, the same earlier version) give the same model, so a re-run (a retry, a
+        # re-delivered partition, a manual re-materialization) reuses the version instead of
+        # registering a copy of it.
         context.log.info(
             f"{model_name}: training set {digest} with these settings is already version "
             f"{trained_before.version}; not training again"
@@ -317,20 +355,40 @@ def train_and_register(
                 "lineage": MetadataValue.json(lineage),
             },
         )
+    asset_key = context.asset_key.to_user_string()
+    plan = plan_training(
+        registry, model_name, asset_key, training_set, label_column, num_classes, config
+    )
+    fit_config, initial = train_config, None
+    if plan.warm:
+        initial = registry.load_torch(model_name, plan.parent)
+        fit_config = replace(
+            train_config,
+            epochs=min(config.warm_start_epochs, train_config.epochs),
+            lr=config.warm_start_lr,
+            val_fraction=0.0,
+        )
     images = photo_pixels(
         warehouse,
-        training_set["photo_sha256"],
+        plan.rows["photo_sha256"],
         train_config.image_size,
         served_photos=served_photos,
     )
-    labels = training_set[label_column].cast(pl.Int64).to_numpy()
-    context.log.info(f"{model_name}: training on {len(labels)} photos, {train_config}")
+    labels = plan.rows[label_column].cast(pl.Int64).to_numpy()
+    context.log.info(
+        f"{model_name}: training on {len(labels)} photos ({plan.reason}), {fit_config}"
+    )
 
     def on_epoch(record) -> None:
         context.log.debug(f"{model_name} epoch {record.epoch}: {record.as_dict()}")
 
     result = fit_model(
-        images, labels, num_classes=num_classes, config=train_config, on_epoch=on_epoch
+        images,
+        labels,
+        num_classes=num_classes,
+        config=fit_config,
+        on_epoch=on_epoch,
+        initial=initial,
     )
     metrics, matrices = evaluate(result.model, holdout, binary_only=num_classes == 2)
     names = BINARY_NAMES if num_classes == 2 else LEVEL_NAMES
@@ -339,11 +397,22 @@ def train_and_register(
     per_class_table = per_class_markdown(metrics["per_class"], names)
     scalar_metrics = {k: float(v) for k, v in metrics.items() if isinstance(v, int | float)}
     scalar_metrics["train_seconds"] = result.train_seconds
+    warm_params = {
+        "warm_started_from": plan.parent or "none",
+        "warm_start_reason": plan.reason,
+        "fine_tune_rows": len(labels) if plan.warm else 0,
+    }
     with registry.training_run(
         model_name,
         dagster_run_id=context.run.run_id,
-        asset_key=context.asset_key.to_user_string(),
-        params={**asdict(train_config), "num_classes": num_classes, **lineage},
+        asset_key=asset_key,
+        params={
+            **asdict(train_config),
+            **config.warm_start_settings(),
+            **warm_params,
+            "num_classes": num_classes,
+            **lineage,
+        },
     ) as run:
         dataset = mlflow.data.from_pandas(
             training_set.select("photo_sha256", pl.col(label_column).cast(pl.Float64)).to_pandas(),
@@ -368,8 +437,11 @@ def train_and_register(
         mlflow.log_image(_png_image(png), "confusion_matrix.png")
         mlflow.log_dict(metrics, "holdout_metrics.json")
         mlflow.log_text(per_class_table, "per_class.md")
+        registry.log_frame(training_pairs(training_set, label_column), PAIRS_ARTIFACT)
         version = registry.log_torch_model(result.model, model_name)
-        registry.tag_version(model_name, version, {FINGERPRINT_TAG: fingerprint})
+        registry.tag_version(
+            model_name, version, {FINGERPRINT_TAG: fingerprint, ASSET_TAG: asset_key}
+        )
         run_id = run.info.run_id
     recorded = record_training(warehouse, training_set, model_name, version)
     context.log.info(
@@ -381,7 +453,10 @@ def train_and_register(
         "model_version": version,
         "mlflow_run_id": run_id,
         "mlflow_run": MetadataValue.url(registry.run_url(run_id)),
-        "training_rows": len(labels),
+        "training_rows": training_set.height,
+        "warm_started_from": plan.parent or "none",
+        "warm_start_reason": plan.reason,
+        "trained_on_rows": len(labels),
         "reused_version": False,
         "decided_before": False,
         "training_set_digest": digest,
@@ -397,6 +472,46 @@ def train_and_register(
         "lineage": MetadataValue.json(lineage),
     }
     return version, metrics, metadata
+
+
+def plan_training(
+    registry: ModelRegistry,
+    model_name: str,
+    asset_key: str,
+    training_set: pl.DataFrame,
+    label_column: str,
+    num_classes: int,
+    config: VisionTrainingConfig,
+) -> WarmStartPlan:
+    """From scratch, or continuing the newest version `asset_key` registered (see warm_start)."""
+    if not config.warm_start:
+        return scratch(training_set, "warm start is off")
+    previous = registry.version_tagged(model_name, ASSET_TAG, asset_key)
+    if previous is None:
+        return scratch(training_set, f"{asset_key} has registered no version to continue")
+    params = registry.run_params(previous.run_id)
+    wanted = {**asdict(config.to_train_config()), "num_classes": num_classes}
+    differ = [
+        f"{key} {params.get(key)} -> {wanted[key]}"
+        for key in ARCHITECTURE_PARAMS
+        if params.get(key) != str(wanted[key])
+    ]
+    if differ:
+        return scratch(
+            training_set, f"v{previous.version} has another architecture: {', '.join(differ)}"
+        )
+    pairs = registry.run_frame(previous.run_id, PAIRS_ARTIFACT)
+    if pairs is None:
+        return scratch(training_set, f"v{previous.version} recorded no training pairs")
+    return plan_warm_start(
+        training_set,
+        label_column,
+        parent=previous.version,
+        parent_pairs=pairs,
+        max_new_share=config.warm_start_max_new_share,
+        replay_ratio=config.warm_start_replay,
+        seed=config.seed,
+    )
 
 
 def _png_image(png: bytes):

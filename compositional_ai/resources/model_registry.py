@@ -1,6 +1,7 @@
 """The `model_registry` resource: MLflow tracking and model registry on a local store."""
 
 import os
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import polars as pl
 from dagster import ConfigurableResource
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
@@ -174,6 +176,26 @@ class ModelRegistry(ConfigurableResource):
         client = self._activate()
         for key, value in tags.items():
             client.set_model_version_tag(model_name, version, key, value)
+
+    def run_params(self, run_id: str) -> dict[str, str]:
+        """The parameters logged by one run."""
+        return dict(self._activate().get_run(run_id).data.params)
+
+    def log_frame(self, frame: pl.DataFrame, name: str) -> None:
+        """Log a frame as a Parquet artifact of the active run."""
+        with tempfile.TemporaryDirectory(prefix="cai-artifact-") as folder:
+            path = Path(folder) / name
+            frame.write_parquet(path)
+            mlflow.log_artifact(str(path))
+
+    def run_frame(self, run_id: str, name: str) -> pl.DataFrame | None:
+        """A Parquet artifact of a run as a frame, or None when the run logged none by `name`."""
+        client = self._activate()
+        if name not in {item.path for item in client.list_artifacts(run_id)}:
+            return None
+        with tempfile.TemporaryDirectory(prefix="cai-artifact-") as folder:
+            path = client.download_artifacts(run_id, name, folder)
+            return pl.read_parquet(path)
 
     def load_torch(self, model_name: str, version: str):
         self._activate()

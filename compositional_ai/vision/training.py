@@ -2,9 +2,11 @@
 
 `fit` is seeded and, on CPU with a fixed `num_threads`, deterministic: the same config and data
 give the same weights. It carves its validation set from the training data it is given, so the
-evaluation holdout never influences model selection.
+evaluation holdout never influences model selection. Given an `initial` model, training
+continues from a copy of its weights (fine-tuning) instead of a fresh initialisation.
 """
 
+import copy
 import io
 import time
 from collections.abc import Callable
@@ -274,8 +276,12 @@ def fit(
     num_classes: int,
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    initial: DamageCNN | None = None,
 ) -> TrainResult:
-    """Train a `DamageCNN` on uint8 images [N, S, S] (S = config.image_size) and labels [N]."""
+    """Train a `DamageCNN` on uint8 images [N, S, S] (S = config.image_size) and labels [N].
+
+    With `initial`, training starts from a copy of its weights; `initial` is left as it was.
+    """
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64)
     if images.shape[-2:] != (config.image_size, config.image_size):
@@ -287,6 +293,14 @@ def fit(
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if labels.size == 0 or labels.min() < 0 or labels.max() >= num_classes:
         raise ValueError(f"labels must be in 0..{num_classes - 1} and not empty")
+    if initial is not None and (initial.num_classes, initial.image_size) != (
+        num_classes,
+        config.image_size,
+    ):
+        raise ValueError(
+            f"the initial model grades {initial.num_classes} classes at {initial.image_size} px; "
+            f"this training wants {num_classes} at {config.image_size} px"
+        )
 
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.num_threads)
@@ -294,7 +308,7 @@ def fit(
         # fork_rng keeps the seeding (model init, dropout) from touching the caller's torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            return _fit(images, labels, num_classes, config, on_epoch)
+            return _fit(images, labels, num_classes, config, on_epoch, initial)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -329,12 +343,19 @@ def fit_ensemble(
     num_classes: int,
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    initial: DamageEnsemble | None = None,
 ) -> EnsembleResult:
     """Train `config.members` models with consecutive seeds and average them.
 
     Each member gets an equal share of what is left of `config.max_seconds` when it starts, so
-    a member that stops early leaves its time to the next.
+    a member that stops early leaves its time to the next. With `initial`, member i continues
+    from the weights of the initial ensemble's member i.
     """
+    if initial is not None and len(initial.members) != config.members:
+        raise ValueError(
+            f"the initial ensemble has {len(initial.members)} members; the config asks for "
+            f"{config.members}"
+        )
     started = time.perf_counter()
     members: list[TrainResult] = []
     for index in range(config.members):
@@ -344,7 +365,14 @@ def fit_ensemble(
             budget = max(left, 1e-3) / (config.members - index)
         member_config = replace(config, seed=config.seed + index, max_seconds=budget)
         members.append(
-            fit(images, labels, num_classes=num_classes, config=member_config, on_epoch=on_epoch)
+            fit(
+                images,
+                labels,
+                num_classes=num_classes,
+                config=member_config,
+                on_epoch=on_epoch,
+                initial=None if initial is None else initial.members[index],
+            )
         )
     weights = None
     if config.prior_correction and config.class_weighting != "none":
@@ -362,12 +390,20 @@ def fit_model(
     num_classes: int,
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
+    initial: DamageCNN | DamageEnsemble | None = None,
 ) -> TrainResult | EnsembleResult:
     """`fit` for one plain model, `fit_ensemble` when the config asks for members, flips or a
-    prior correction."""
+    prior correction; either continues from `initial` when given one of its own kind."""
     plain = config.members == 1 and not (config.test_time_flips or config.prior_correction)
+    kind = DamageCNN if plain else DamageEnsemble
+    if initial is not None and not isinstance(initial, kind):
+        raise ValueError(
+            f"this config trains a {kind.__name__}; the initial model is a {type(initial).__name__}"
+        )
     train = fit if plain else fit_ensemble
-    return train(images, labels, num_classes=num_classes, config=config, on_epoch=on_epoch)
+    return train(
+        images, labels, num_classes=num_classes, config=config, on_epoch=on_epoch, initial=initial
+    )
 
 
 def _fit(
@@ -376,6 +412,7 @@ def _fit(
     num_classes: int,
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None,
+    initial: DamageCNN | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
@@ -387,12 +424,16 @@ def _fit(
     train_x, train_y = all_images[train_idx], torch.from_numpy(labels[train_idx])
     val_x, val_y = all_images[val_idx], torch.from_numpy(labels[val_idx])
 
-    model = DamageCNN(
-        num_classes,
-        width=config.width,
-        dropout=config.dropout,
-        image_size=config.image_size,
-        stem_convs=config.stem_convs,
+    model = (
+        DamageCNN(
+            num_classes,
+            width=config.width,
+            dropout=config.dropout,
+            image_size=config.image_size,
+            stem_convs=config.stem_convs,
+        )
+        if initial is None
+        else copy.deepcopy(initial)
     )
     weights = class_weights(labels[train_idx], num_classes, config.class_weighting)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))

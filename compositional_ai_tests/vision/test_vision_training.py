@@ -465,3 +465,78 @@ def test_fit_model_applies_the_prior_correction_of_the_weights_it_trained_with()
 def test_ensemble_refuses_unusable_class_weights(weights) -> None:
     with pytest.raises(ValueError, match="class_weights"):
         DamageEnsemble([DamageCNN(3, image_size=32)], class_weights=torch.tensor(weights))
+
+
+def _weights(model: torch.nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def test_fit_from_an_initial_model_continues_its_weights_and_leaves_it_alone(trained) -> None:
+    result, _ = trained
+    before = _weights(result.model).clone()
+    images, labels = synthetic_cells(64, seed=20)
+    # At a learning rate of nearly zero, the weights stay where training started.
+    still = dataclasses.replace(FAST, epochs=1, lr=1e-12, val_fraction=0.0)
+    continued = fit(images, labels, num_classes=3, config=still, initial=result.model)
+    fresh = fit(images, labels, num_classes=3, config=still)
+    assert torch.allclose(_weights(continued.model), before, atol=1e-6)
+    assert not torch.allclose(_weights(fresh.model), before, atol=1e-2)
+    # Training on moves the copy, not the model it started from.
+    moved = fit(
+        images,
+        labels,
+        num_classes=3,
+        config=dataclasses.replace(still, lr=3e-3),
+        initial=result.model,
+    )
+    assert not torch.allclose(_weights(moved.model), before, atol=1e-4)
+    assert torch.equal(_weights(result.model), before)
+    assert continued.model is not result.model
+
+
+def test_a_warm_start_keeps_what_the_initial_model_knew(trained) -> None:
+    result, _ = trained
+    images, labels = synthetic_cells(150, seed=21)
+    short = dataclasses.replace(FAST, epochs=1, val_fraction=0.0)
+    continued = fit(images[:30], labels[:30], num_classes=3, config=short, initial=result.model)
+    fresh = fit(images[:30], labels[:30], num_classes=3, config=short)
+    accuracy = {
+        name: float((predict_proba(model, images).argmax(axis=1) == labels).mean())
+        for name, model in (("continued", continued.model), ("fresh", fresh.model))
+    }
+    assert accuracy["continued"] >= 0.9, accuracy
+    assert accuracy["continued"] > accuracy["fresh"] + 0.2, accuracy
+
+
+def test_an_ensemble_continues_member_by_member() -> None:
+    images, labels = synthetic_cells(90, seed=22)
+    config = dataclasses.replace(FAST, epochs=1, members=2, val_fraction=0.0)
+    first = fit_model(images, labels, num_classes=3, config=config).model
+    still = dataclasses.replace(config, lr=1e-12)
+    again = fit_model(images, labels, num_classes=3, config=still, initial=first).model
+    for old, new in zip(first.members, again.members, strict=True):
+        assert torch.allclose(_weights(new), _weights(old), atol=1e-6)
+    assert not torch.allclose(_weights(again.members[0]), _weights(first.members[1]), atol=1e-3)
+
+
+def test_fit_refuses_an_initial_model_of_another_shape() -> None:
+    images, labels = synthetic_cells(30, seed=23)
+    config = dataclasses.replace(FAST, epochs=1)
+    with pytest.raises(ValueError, match="grades 4 classes at 32 px"):
+        fit(images, labels, num_classes=3, config=config, initial=DamageCNN(4, image_size=SIZE))
+    with pytest.raises(ValueError, match="initial ensemble has 1 members"):
+        fit_ensemble(
+            images,
+            labels,
+            num_classes=3,
+            config=dataclasses.replace(config, members=2),
+            initial=DamageEnsemble([DamageCNN(3, image_size=SIZE)]),
+        )
+    with pytest.raises(ValueError, match="trains a DamageEnsemble; the initial model is a Damage"):
+        fit_model(
+            images,
+            labels,
+            num_classes=3,
+            config=dataclasses.replace(config, test_time_flips=True),
+            initial=DamageCNN(3, image_size=SIZE),
+        )

@@ -1,0 +1,151 @@
+"""A new batch's retraining continues the models' previous versions on what is new.
+
+The real graph on a tmp warehouse and MLflow store: four batches, the seed model after the
+first, a retraining after the third (from scratch: nothing to continue) and after the fourth
+(continuing the third's versions on the new rows and as many replayed ones).
+"""
+
+import dagster as dg
+import duckdb
+import polars as pl
+import pytest
+import torch
+
+from compositional_ai import jobs
+from compositional_ai.defect_detection.assets import DEFECT_MODEL
+from compositional_ai.definitions import ASSET_MODULES, build_resources
+from compositional_ai.landing.generate import build_demo_landing
+from compositional_ai.repair_service.assets import REPAIR_MODEL
+from compositional_ai.repair_service.warm_start import PAIRS_ARTIFACT
+from compositional_ai.settings import PSEUDONYM_KEY_ENV, DataPaths
+from compositional_ai.warehouse.partitions import landing_batches
+
+TINY_TRAINING = {"image_size": 32, "epochs": 2, "batch_size": 16, "patience": 2, "width": 8}
+SEED_OP = "repair__repair_damage_model"
+NEXT_OP = "feedback__repair_damage_model_next"
+DETECTOR_OP = "defect_detection__defect_detector"
+NEXT_MODEL = dg.AssetKey(["feedback", "repair_damage_model_next"])
+DETECTOR = dg.AssetKey(["defect_detection", "defect_detector"])
+# Each model is (asset, registered name, its training-set table, its label column).
+MODELS = {
+    NEXT_OP: (NEXT_MODEL, REPAIR_MODEL, "feedback.repair_feedback_training_set", "damage_level"),
+    DETECTOR_OP: (DETECTOR, DEFECT_MODEL, "defect_detection.defect_training_set", "defective"),
+}
+
+
+def metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
+    (event,) = [
+        e.event_specific_data.materialization
+        for e in result.all_events
+        if e.is_step_materialization and e.asset_key == key
+    ]
+    return {name: getattr(value, "value", value) for name, value in event.metadata.items()}
+
+
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    root = tmp_path_factory.mktemp("warm")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(PSEUDONYM_KEY_ENV, "warm-test-key")
+        landing = build_demo_landing(
+            root / "landing", n_batches=4, max_train_photos=80, max_holdout_photos=12
+        )
+        paths = DataPaths(root)
+        assets = [
+            *dg.load_assets_from_modules(ASSET_MODULES),
+            *dg.load_asset_checks_from_modules(ASSET_MODULES),
+        ]
+        resources = build_resources(paths)
+        instance = dg.DagsterInstance.ephemeral()
+
+        def run(selection, *, partition=None, training=None, ops=(NEXT_OP, DETECTOR_OP)):
+            config = {"ops": {op: {"config": training} for op in ops}} if training else {}
+            result = dg.materialize(
+                assets,
+                selection=selection,
+                partition_key=partition,
+                instance=instance,
+                resources=resources,
+                run_config=config,
+            )
+            assert result.success
+            return result
+
+        run(jobs.REFERENCE_ASSETS)
+        instance.add_dynamic_partitions(landing_batches.name, list(landing.batches))
+        run(jobs.BATCH_ASSETS, partition=landing.batches[0])
+        run(jobs.SEED_MODEL_ASSETS, training=TINY_TRAINING, ops=(SEED_OP,))
+        # The first batch is the workshop's; each online batch's labels arrive with the next.
+        for batch in landing.batches[1:3]:
+            run(jobs.BATCH_ASSETS, partition=batch)
+        first = run(jobs.RETRAINING_ASSETS, training=TINY_TRAINING)
+        # What each model's training set holds before the last batch arrives.
+        before = {op: table(paths, MODELS[op][2]) for op in MODELS}
+        run(jobs.BATCH_ASSETS, partition=landing.batches[3])
+        second = run(jobs.RETRAINING_ASSETS, training=TINY_TRAINING)
+        yield run, resources["model_registry"], paths, first, second, before
+
+
+def table(paths: DataPaths, name: str) -> pl.DataFrame:
+    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
+        return con.execute(f"select * from {name}").pl()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", list(MODELS))
+def test_the_first_retraining_starts_from_scratch(graph, op):
+    _, _, _, first, _, _ = graph
+    asset, _, _, _ = MODELS[op]
+    found = metadata(first, asset)
+    assert found["warm_started_from"] == "none"
+    assert found["warm_start_reason"] == (
+        f"{asset.to_user_string()} has registered no version to continue"
+    )
+    assert found["trained_on_rows"] == found["training_rows"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op", list(MODELS))
+def test_the_next_retraining_continues_on_the_new_rows_and_a_replay(graph, op):
+    _, registry, paths, first, second, before = graph
+    asset, model_name, training_table, label = MODELS[op]
+    parent, child = metadata(first, asset), metadata(second, asset)
+    current = table(paths, training_table)
+    learned = set(before[op].select("photo_sha256", pl.col(label).cast(pl.Int64)).iter_rows())
+    rows = list(current.select("photo_sha256", pl.col(label).cast(pl.Int64)).iter_rows())
+    new = sum(pair not in learned for pair in rows)
+    assert 0 < new <= len(rows) / 2, (new, len(rows))
+
+    assert child["warm_started_from"] == parent["model_version"]
+    assert child["model_version"] != parent["model_version"]
+    assert child["training_rows"] == len(rows)
+    assert child["trained_on_rows"] == new + min(new, len(rows) - new)
+    assert child["warm_start_reason"].startswith(f"continues v{parent['model_version']} on {new}")
+    # MLflow records it too, and the pairs the version now knows: the whole current set.
+    version = registry.versions(model_name)[int(child["model_version"]) - 1]
+    params = registry.run_params(version.run_id)
+    assert params["warm_started_from"] == parent["model_version"]
+    assert int(params["fine_tune_rows"]) == child["trained_on_rows"]
+    pairs = registry.run_frame(version.run_id, PAIRS_ARTIFACT)
+    assert set(pairs.iter_rows()) == set(rows)
+    # The weights moved from the parent's, and the architecture is the parent's.
+    old = registry.load_torch(model_name, parent["model_version"])
+    new_model = registry.load_torch(model_name, child["model_version"])
+    old_state, new_state = old.state_dict(), new_model.state_dict()
+    assert old_state.keys() == new_state.keys()
+    assert any(not torch.equal(old_state[k], new_state[k]) for k in old_state)
+
+
+@pytest.mark.slow
+def test_warm_start_off_trains_the_whole_set_again(graph):
+    run, _, _, _, second, _ = graph
+    result = run(
+        dg.AssetSelection.assets(NEXT_MODEL),
+        training={**TINY_TRAINING, "warm_start": False},
+        ops=(NEXT_OP,),
+    )
+    found = metadata(result, NEXT_MODEL)
+    assert found["reused_version"] is False
+    assert found["warm_start_reason"] == "warm start is off"
+    assert found["trained_on_rows"] == found["training_rows"]
+    assert found["model_version"] != metadata(second, NEXT_MODEL)["model_version"]
