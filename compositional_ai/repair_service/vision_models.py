@@ -210,9 +210,25 @@ def frame_digest(frame: pl.DataFrame, columns: list[str]) -> str:
     return hashlib.sha256(rows.encode()).hexdigest()[:16]
 
 
+# Decoded holdouts by (digest of their photos, size): a retraining evaluates every photo model
+# on the same holdout, so a process decodes it once per size. Bounded: the last few only.
+_DECODED_HOLDOUTS: dict[tuple[str, int], np.ndarray] = {}
+_DECODED_HOLDOUTS_KEPT = 2
+
+
+def holdout_pixels(holdout: pl.DataFrame, size: int) -> np.ndarray:
+    """uint8 [N, size, size] of the holdout's photos, in its row order (a copy of the cache)."""
+    key = (frame_digest(holdout.with_row_index("row"), ["row", "sha256"]), size)
+    if key not in _DECODED_HOLDOUTS:
+        while len(_DECODED_HOLDOUTS) >= _DECODED_HOLDOUTS_KEPT:
+            _DECODED_HOLDOUTS.pop(next(iter(_DECODED_HOLDOUTS)))
+        _DECODED_HOLDOUTS[key] = decode_gray(holdout["content"].to_list(), size)
+    return _DECODED_HOLDOUTS[key].copy()
+
+
 def evaluate(model, holdout: pl.DataFrame, *, binary_only: bool) -> tuple[dict, dict]:
     """Holdout metrics (overall and by cell type) and the confusion matrices to plot."""
-    images = decode_gray(holdout["content"].to_list(), model.image_size)
+    images = holdout_pixels(holdout, model.image_size)
     proba = predict_proba(model, images)
     levels = holdout["damage_level"].to_numpy()
     true_binary = levels_to_binary(levels)

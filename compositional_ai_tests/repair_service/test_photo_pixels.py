@@ -10,7 +10,8 @@ import polars as pl
 import pytest
 
 from compositional_ai.lib.tables import write_frame
-from compositional_ai.repair_service.vision_models import photo_pixels
+from compositional_ai.repair_service import vision_models
+from compositional_ai.repair_service.vision_models import holdout_pixels, photo_pixels
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.vision.images import STORED_IMAGE_SIZE, decode_gray
 from compositional_ai.warehouse.silver import decoded_pixels
@@ -99,3 +100,31 @@ def test_an_unknown_photo_is_named(warehouse):
     _write(warehouse, "repair_photos", _photos(_elpv(1)))
     with pytest.raises(LookupError, match="1 training photos"):
         photo_pixels(warehouse, pl.Series(["0" * 64]), 32)
+
+
+def test_a_holdout_is_decoded_once_per_size_and_callers_get_their_own_copy(monkeypatch):
+    calls = []
+
+    def counted(contents, size):
+        calls.append((len(contents), size))
+        return decode_gray(contents, size)
+
+    monkeypatch.setattr(vision_models, "decode_gray", counted)
+    monkeypatch.setattr(vision_models, "_DECODED_HOLDOUTS", {})
+    holdout = _photos(_elpv(5))
+    first = holdout_pixels(holdout, 32)
+    first[:] = 0
+    again = holdout_pixels(holdout, 32)
+    assert calls == [(5, 32)]
+    assert np.array_equal(again, decode_gray(holdout["content"].to_list(), 32))
+    assert again.any()
+    # Another size, another order or other photos are decoded anew, in their own row order.
+    assert holdout_pixels(holdout, 48).shape == (5, 48, 48)
+    reversed_rows = holdout_pixels(holdout.reverse(), 32)
+    assert np.array_equal(reversed_rows, again[::-1])
+    holdout_pixels(_photos(_elpv(6)), 32)
+    assert calls == [(5, 32), (5, 48), (5, 32), (6, 32)]
+    # Only the last two decodings are kept.
+    holdout_pixels(holdout, 32)
+    assert calls[-1] == (5, 32)
+    assert len(vision_models._DECODED_HOLDOUTS) == 2
