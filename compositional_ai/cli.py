@@ -46,7 +46,7 @@ def _summary(_args: argparse.Namespace, paths: DataPaths) -> None:
 
 
 def _demo(args: argparse.Namespace, paths: DataPaths) -> None:
-    from compositional_ai.demo import run_demo
+    from compositional_ai.demo import REFERENCE_STEP, run_demo
     from compositional_ai.landing.formats import READY_MARKER
 
     started = time.perf_counter()
@@ -54,13 +54,37 @@ def _demo(args: argparse.Namespace, paths: DataPaths) -> None:
         _landing(args, paths)
     else:
         print(f"landing data already in {paths.landing}; `make clean` to rebuild it")
-    run_demo(paths, on_step=lambda step: print(f"[{time.perf_counter() - started:6.0f} s] {step}"))
-    print(f"\nThe whole graph materialized in {time.perf_counter() - started:.0f} s.\n")
+    steps = run_demo(
+        paths, on_step=lambda step: print(f"[{time.perf_counter() - started:6.0f} s] {step}")
+    )
+    elapsed = time.perf_counter() - started
+    if steps == [REFERENCE_STEP]:
+        print(
+            f"\nNothing new since the last run: no landing batch to ingest, nothing to retrain "
+            f"(reference data refreshed in {elapsed:.0f} s). New batches under {paths.batches} "
+            "are taken in by the next `make demo`, or by the sensors under `make dev`.\n"
+        )
+    else:
+        batches = sum(step.startswith("landing batch") for step in steps)
+        print(f"\n{_ran(steps, batches)} in {elapsed:.0f} s.\n")
     _summary(args, paths)
     print(
         "\nOpen the Dagster UI on this instance with `make dev`, then http://127.0.0.1:3000 "
         "(lineage: Assets > View global asset lineage)."
     )
+
+
+def _ran(steps: list[str], batches: int) -> str:
+    """What a demo run materialized, in words."""
+    parts = [f"{batches} landing batch{'es' if batches != 1 else ''}"] if batches else []
+    if any(step.startswith("seed") for step in steps):
+        parts.append("the seed repair model")
+    if any(step.startswith("retraining") for step in steps):
+        parts.append("a retraining of the models")
+    if not parts:
+        return "Reference data materialized"
+    listed = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return f"Materialized the reference data, {listed}"
 
 
 def _serve(args: argparse.Namespace, paths: DataPaths) -> None:

@@ -44,6 +44,9 @@ SEED_MODEL_OP = "repair__repair_damage_model"
 RETRAINING_MODEL_OPS = ["feedback__repair_damage_model_next", "defect_detection__defect_detector"]
 
 
+REFERENCE_STEP = "reference data: product catalog and evaluation holdout"
+
+
 class DemoRunFailed(RuntimeError):
     """Raised when a run of the demo does not succeed; the message names the job and partition."""
 
@@ -115,21 +118,31 @@ def run_demo(
     *,
     training_run_config: dict | None = None,
     on_step: Callable[[str], None] = logger.info,
-) -> None:
-    """Materialize every asset on the landing data under `paths`, in time order."""
+) -> list[str]:
+    """Materialize every asset on the landing data under `paths`, in time order.
+
+    Returns the steps it ran (the labels given to `on_step`): the reference data always, then
+    only what is new since the last run (landing batches, the seed model, a retraining).
+    """
+    steps: list[str] = []
+
+    def step(label: str) -> None:
+        steps.append(label)
+        on_step(label)
+
     os.environ.setdefault("DAGSTER_HOME", str(init_dagster_home(paths)))
     instance = DagsterInstance.get()
     defs = build_definitions(paths)
     ops = training_run_config or {}
 
-    on_step("reference data: product catalog and evaluation holdout")
+    step(REFERENCE_STEP)
     with _ingesting(paths, "reference_job"):
         execute_job(defs, instance, "reference_job")
 
     batch_requests = _sensor_requests(landing_batch_sensor, instance, defs)
     registry = defs.resources["model_registry"]
     for request in sorted(batch_requests, key=lambda r: r.partition_key):
-        on_step(f"landing batch {request.partition_key}")
+        step(f"landing batch {request.partition_key}")
         with _ingesting(paths, f"batch_job [{request.partition_key}]"):
             execute_job(
                 defs,
@@ -139,7 +152,7 @@ def run_demo(
                 tags=dict(request.tags),
             )
         if not registry.has_alias(REPAIR_MODEL, CHAMPION):
-            on_step("seed repair model from the workshop archive")
+            step("seed repair model from the workshop archive")
             execute_job(
                 defs,
                 instance,
@@ -148,7 +161,7 @@ def run_demo(
             )
 
     for request in _sensor_requests(inference_partition_sensor, instance, defs):
-        on_step("retraining on the inference logs")
+        step("retraining on the inference logs")
         execute_job(
             defs,
             instance,
@@ -156,6 +169,7 @@ def run_demo(
             tags=dict(request.tags),
             run_config=ops_config(ops, RETRAINING_MODEL_OPS),
         )
+    return steps
 
 
 def _ingesting(paths: DataPaths, label: str):

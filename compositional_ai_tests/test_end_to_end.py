@@ -2,9 +2,11 @@
 from the inference log."""
 
 import json
+import shutil
 
 import duckdb
 import pytest
+from dagster import DagsterInstance
 
 
 def _sql(paths, query):
@@ -181,3 +183,56 @@ def test_the_lineage_command_prints_the_chain_and_refuses_an_unknown_version(
         "no model named 'nosuch' is registered (registered models: defect_detector, "
         "repair_damage_model, service_recommender)"
     )
+
+
+def test_make_demo_again_with_nothing_new_says_so(demo, tmp_path, monkeypatch, capsys):
+    from compositional_ai import cli
+
+    paths, _, _ = demo
+    again = tmp_path / "again"
+    shutil.copytree(paths.root, again)
+    monkeypatch.setenv("COMPOSITIONAL_AI_DATA", str(again))
+    monkeypatch.setenv("DAGSTER_HOME", str(again / "dagster_home"))
+    runs_before = len(DagsterInstance.from_config(str(again / "dagster_home")).get_runs())
+    cli.main(["demo"])
+    printed = capsys.readouterr().out
+    assert (
+        "Nothing new since the last run: no landing batch to ingest, nothing to retrain" in printed
+    )
+    assert "Materialized" not in printed
+    assert "landing batch 20" not in printed
+    # One run, the reference data's; no batch, seed or retraining run.
+    runs = DagsterInstance.from_config(str(again / "dagster_home")).get_runs()
+    assert len(runs) == runs_before + 1
+    assert runs[0].job_name == "reference_job"
+
+
+@pytest.mark.parametrize(
+    ("steps", "said"),
+    [
+        (
+            [
+                "reference",
+                "landing batch 2026-01-05",
+                "seed repair model",
+                "landing batch 2026-01-12",
+            ]
+            + ["retraining on the inference logs"],
+            "Materialized the reference data, 2 landing batches, the seed repair model and a "
+            "retraining of the models",
+        ),
+        (
+            ["reference", "landing batch 2026-01-19"],
+            "Materialized the reference data, 1 landing batch",
+        ),
+        (
+            ["reference", "retraining on the inference logs"],
+            "Materialized the reference data, a retraining of the models",
+        ),
+    ],
+)
+def test_the_demo_says_what_it_materialized(steps, said):
+    from compositional_ai import cli
+
+    batches = sum(step.startswith("landing batch") for step in steps)
+    assert cli._ran(steps, batches) == said
