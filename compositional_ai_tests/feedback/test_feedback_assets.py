@@ -5,16 +5,12 @@ First the checks as functions, on small frames; then the real assets on a tmp wa
 tmp MLflow store, where each failing check carries its figures and stops the training after it.
 """
 
-from pathlib import Path
-
 import dagster as dg
-import duckdb
 import polars as pl
 import pytest
 
 from compositional_ai import jobs
 from compositional_ai.defect_detection import assets as defect_assets
-from compositional_ai.definitions import ASSET_MODULES, build_resources
 from compositional_ai.feedback import assets as feedback_assets
 from compositional_ai.feedback.assets import (
     EVALUATION_LABELS,
@@ -32,8 +28,9 @@ from compositional_ai.feedback.policy import LabelPolicy, OriginPolicy
 from compositional_ai.landing.generate import build_demo_landing
 from compositional_ai.repair_service import vision_models
 from compositional_ai.repair_service.assets import REPAIR_MODEL
-from compositional_ai.settings import PSEUDONYM_KEY_ENV, DataPaths
+from compositional_ai.settings import PSEUDONYM_KEY_ENV
 from compositional_ai.warehouse.partitions import landing_batches
+from compositional_ai_tests.graph import Graph
 
 KEY = dg.AssetKey(["feedback", "repair_feedback_training_set"])
 
@@ -182,41 +179,6 @@ DETECTOR = dg.AssetKey(["defect_detection", "defect_detector"])
 SEED_SET = dg.AssetKey(["repair", "repair_seed_training_set"])
 SEED_MODEL = dg.AssetKey(["repair", "repair_damage_model"])
 DAMAGE_LABELS = dg.AssetKey(["gold", "damage_labels"])
-
-
-class Graph:
-    """One data directory: its warehouse, its MLflow store, and an instance for its runs."""
-
-    def __init__(self, root: Path):
-        self.paths = DataPaths(root)
-        self.assets = [
-            *dg.load_assets_from_modules(ASSET_MODULES),
-            *dg.load_asset_checks_from_modules(ASSET_MODULES),
-        ]
-        self.resources = build_resources(self.paths)
-        self.instance = dg.DagsterInstance.ephemeral()
-
-    def run(self, selection, *, partition=None, run_config=None) -> dg.ExecuteInProcessResult:
-        return dg.materialize(
-            self.assets,
-            selection=selection,
-            partition_key=partition,
-            instance=self.instance,
-            resources=self.resources,
-            run_config=run_config or {},
-            raise_on_error=False,
-        )
-
-    def sql(self, query: str, *params) -> pl.DataFrame:
-        with duckdb.connect(str(self.paths.warehouse), read_only=True) as con:
-            return con.execute(query, list(params)).pl()
-
-    def execute(self, statement: str) -> None:
-        with self.resources["warehouse"].connect("test change") as con:
-            con.execute(statement)
-
-    def versions(self, model: str) -> list[str]:
-        return [v.version for v in self.resources["model_registry"].versions(model)]
 
 
 def evaluation(result: dg.ExecuteInProcessResult, asset: dg.AssetKey, name: str):

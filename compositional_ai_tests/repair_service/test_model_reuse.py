@@ -8,12 +8,12 @@ import dagster as dg
 import pytest
 
 from compositional_ai import jobs
-from compositional_ai.definitions import ASSET_MODULES, build_resources
 from compositional_ai.landing.generate import build_demo_landing
 from compositional_ai.repair_service.assets import REPAIR_MODEL
 from compositional_ai.repair_service.vision_models import FINGERPRINT_TAG
-from compositional_ai.settings import PSEUDONYM_KEY_ENV, DataPaths
+from compositional_ai.settings import PSEUDONYM_KEY_ENV
 from compositional_ai.warehouse.partitions import landing_batches
+from compositional_ai_tests.graph import Graph, materialization_metadata
 
 TINY_TRAINING = {"image_size": 32, "epochs": 2, "batch_size": 16, "patience": 2, "width": 8}
 SEED_OP = "repair__repair_damage_model"
@@ -29,38 +29,22 @@ def graph(tmp_path_factory):
         landing = build_demo_landing(
             root / "landing", n_batches=2, max_train_photos=32, max_holdout_photos=12
         )
-        paths = DataPaths(root)
-        assets = [
-            *dg.load_assets_from_modules(ASSET_MODULES),
-            *dg.load_asset_checks_from_modules(ASSET_MODULES),
-        ]
-        resources = build_resources(paths)
-        instance = dg.DagsterInstance.ephemeral()
+        graph = Graph(root)
 
         def run(selection, *, partition=None, training=None):
             config = {"ops": {SEED_OP: {"config": training}}} if training else {}
-            return dg.materialize(
-                assets,
-                selection=selection,
-                partition_key=partition,
-                instance=instance,
-                resources=resources,
-                run_config=config,
-            )
+            result = graph.run(selection, partition=partition, run_config=config)
+            assert result.success
+            return result
 
         run(jobs.REFERENCE_ASSETS)
-        instance.add_dynamic_partitions(landing_batches.name, list(landing.batches))
+        graph.instance.add_dynamic_partitions(landing_batches.name, list(landing.batches))
         run(jobs.BATCH_ASSETS, partition=landing.batches[0])
-        yield run, resources["model_registry"]
+        yield run, graph.resources["model_registry"]
 
 
 def model_metadata(result: dg.ExecuteInProcessResult) -> dict:
-    (event,) = [
-        e.event_specific_data.materialization
-        for e in result.all_events
-        if e.is_step_materialization and e.asset_key == SEED_MODEL
-    ]
-    return {key: getattr(value, "value", value) for key, value in event.metadata.items()}
+    return materialization_metadata(result, SEED_MODEL)
 
 
 @pytest.mark.slow

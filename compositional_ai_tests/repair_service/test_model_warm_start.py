@@ -6,19 +6,18 @@ first, a retraining after the third (from scratch: nothing to continue) and afte
 """
 
 import dagster as dg
-import duckdb
 import polars as pl
 import pytest
 import torch
 
 from compositional_ai import jobs
 from compositional_ai.defect_detection.assets import DEFECT_MODEL
-from compositional_ai.definitions import ASSET_MODULES, build_resources
 from compositional_ai.landing.generate import build_demo_landing
 from compositional_ai.repair_service.assets import REPAIR_MODEL
 from compositional_ai.repair_service.warm_start import PAIRS_ARTIFACT
-from compositional_ai.settings import PSEUDONYM_KEY_ENV, DataPaths
+from compositional_ai.settings import PSEUDONYM_KEY_ENV
 from compositional_ai.warehouse.partitions import landing_batches
+from compositional_ai_tests.graph import Graph, materialization_metadata
 
 TINY_TRAINING = {"image_size": 32, "epochs": 2, "batch_size": 16, "patience": 2, "width": 8}
 SEED_OP = "repair__repair_damage_model"
@@ -33,15 +32,6 @@ MODELS = {
 }
 
 
-def metadata(result: dg.ExecuteInProcessResult, key: dg.AssetKey) -> dict:
-    (event,) = [
-        e.event_specific_data.materialization
-        for e in result.all_events
-        if e.is_step_materialization and e.asset_key == key
-    ]
-    return {name: getattr(value, "value", value) for name, value in event.metadata.items()}
-
-
 @pytest.fixture(scope="module")
 def graph(tmp_path_factory):
     root = tmp_path_factory.mktemp("warm")
@@ -50,29 +40,16 @@ def graph(tmp_path_factory):
         landing = build_demo_landing(
             root / "landing", n_batches=4, max_train_photos=80, max_holdout_photos=12
         )
-        paths = DataPaths(root)
-        assets = [
-            *dg.load_assets_from_modules(ASSET_MODULES),
-            *dg.load_asset_checks_from_modules(ASSET_MODULES),
-        ]
-        resources = build_resources(paths)
-        instance = dg.DagsterInstance.ephemeral()
+        graph = Graph(root)
 
         def run(selection, *, partition=None, training=None, ops=(NEXT_OP, DETECTOR_OP)):
             config = {"ops": {op: {"config": training} for op in ops}} if training else {}
-            result = dg.materialize(
-                assets,
-                selection=selection,
-                partition_key=partition,
-                instance=instance,
-                resources=resources,
-                run_config=config,
-            )
+            result = graph.run(selection, partition=partition, run_config=config)
             assert result.success
             return result
 
         run(jobs.REFERENCE_ASSETS)
-        instance.add_dynamic_partitions(landing_batches.name, list(landing.batches))
+        graph.instance.add_dynamic_partitions(landing_batches.name, list(landing.batches))
         run(jobs.BATCH_ASSETS, partition=landing.batches[0])
         run(jobs.SEED_MODEL_ASSETS, training=TINY_TRAINING, ops=(SEED_OP,))
         # The first batch is the workshop's; each online batch's labels arrive with the next.
@@ -80,23 +57,18 @@ def graph(tmp_path_factory):
             run(jobs.BATCH_ASSETS, partition=batch)
         first = run(jobs.RETRAINING_ASSETS, training=TINY_TRAINING)
         # What each model's training set holds before the last batch arrives.
-        before = {op: table(paths, MODELS[op][2]) for op in MODELS}
+        before = {op: graph.sql(f"select * from {MODELS[op][2]}") for op in MODELS}
         run(jobs.BATCH_ASSETS, partition=landing.batches[3])
         second = run(jobs.RETRAINING_ASSETS, training=TINY_TRAINING)
-        yield run, resources["model_registry"], paths, first, second, before
-
-
-def table(paths: DataPaths, name: str) -> pl.DataFrame:
-    with duckdb.connect(str(paths.warehouse), read_only=True) as con:
-        return con.execute(f"select * from {name}").pl()
+        yield run, graph, first, second, before
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("op", list(MODELS))
 def test_the_first_retraining_starts_from_scratch(graph, op):
-    _, _, _, first, _, _ = graph
+    _, _, first, _, _ = graph
     asset, _, _, _ = MODELS[op]
-    found = metadata(first, asset)
+    found = materialization_metadata(first, asset)
     assert found["warm_started_from"] == "none"
     assert found["warm_start_reason"] == (
         f"{asset.to_user_string()} has registered no version to continue"
@@ -107,10 +79,11 @@ def test_the_first_retraining_starts_from_scratch(graph, op):
 @pytest.mark.slow
 @pytest.mark.parametrize("op", list(MODELS))
 def test_the_next_retraining_continues_on_the_new_rows_and_a_replay(graph, op):
-    _, registry, paths, first, second, before = graph
+    _, graph, first, second, before = graph
+    registry = graph.resources["model_registry"]
     asset, model_name, training_table, label = MODELS[op]
-    parent, child = metadata(first, asset), metadata(second, asset)
-    current = table(paths, training_table)
+    parent, child = materialization_metadata(first, asset), materialization_metadata(second, asset)
+    current = graph.sql(f"select * from {training_table}")
     learned = set(before[op].select("photo_sha256", pl.col(label).cast(pl.Int64)).iter_rows())
     rows = list(current.select("photo_sha256", pl.col(label).cast(pl.Int64)).iter_rows())
     new = sum(pair not in learned for pair in rows)
@@ -138,14 +111,14 @@ def test_the_next_retraining_continues_on_the_new_rows_and_a_replay(graph, op):
 
 @pytest.mark.slow
 def test_warm_start_off_trains_the_whole_set_again(graph):
-    run, _, _, _, second, _ = graph
+    run, _, _, second, _ = graph
     result = run(
         dg.AssetSelection.assets(NEXT_MODEL),
         training={**TINY_TRAINING, "warm_start": False},
         ops=(NEXT_OP,),
     )
-    found = metadata(result, NEXT_MODEL)
+    found = materialization_metadata(result, NEXT_MODEL)
     assert found["reused_version"] is False
     assert found["warm_start_reason"] == "warm start is off"
     assert found["trained_on_rows"] == found["training_rows"]
-    assert found["model_version"] != metadata(second, NEXT_MODEL)["model_version"]
+    assert found["model_version"] != materialization_metadata(second, NEXT_MODEL)["model_version"]
