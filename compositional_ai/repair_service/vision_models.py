@@ -31,7 +31,7 @@ from compositional_ai.repair_service.warm_start import (
     training_pairs,
 )
 from compositional_ai.resources.landing import LandingArea
-from compositional_ai.resources.model_registry import ModelRegistry
+from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.vision.images import STORED_IMAGE_SIZE, decode_gray
 from compositional_ai.vision.metrics import (
@@ -82,6 +82,7 @@ class VisionTrainingConfig(Config):
     warm_start_lr: float = 3e-4
     warm_start_max_new_share: float = 0.5
     warm_start_replay: float = 1.0
+    warm_start_min_rows: int = 512
 
     def warm_start_settings(self) -> dict:
         return {
@@ -90,6 +91,7 @@ class VisionTrainingConfig(Config):
             "warm_start_lr": self.warm_start_lr,
             "warm_start_max_new_share": self.warm_start_max_new_share,
             "warm_start_replay": self.warm_start_replay,
+            "warm_start_min_rows": self.warm_start_min_rows,
         }
 
     def to_train_config(self) -> TrainConfig:
@@ -405,6 +407,11 @@ def train_and_register(
         config=fit_config,
         on_epoch=on_epoch,
         initial=initial,
+        # A warm start trains on a sample; its class weights and prior correction are the
+        # whole set's, so a sample that lacks a class does not teach the model to rule it out.
+        population_labels=training_set[label_column].cast(pl.Int64).to_numpy()
+        if plan.warm
+        else None,
     )
     metrics, matrices = evaluate(result.model, holdout, binary_only=num_classes == 2)
     names = BINARY_NAMES if num_classes == 2 else LEVEL_NAMES
@@ -502,9 +509,10 @@ def plan_training(
     """From scratch, or continuing the newest version `asset_key` registered (see warm_start)."""
     if not config.warm_start:
         return scratch(training_set, "warm start is off")
-    previous = registry.version_tagged(model_name, ASSET_TAG, asset_key)
+    # Only a version the promotion gate accepted is continued: a rejected one is not built on.
+    previous = registry.version_with_tags(model_name, {ASSET_TAG: asset_key, "promotion": CHAMPION})
     if previous is None:
-        return scratch(training_set, f"{asset_key} has registered no version to continue")
+        return scratch(training_set, f"{asset_key} has no promoted version to continue")
     params = registry.run_params(previous.run_id)
     wanted = {**asdict(config.to_train_config()), "num_classes": num_classes}
     differ = [
@@ -527,6 +535,7 @@ def plan_training(
         max_new_share=config.warm_start_max_new_share,
         replay_ratio=config.warm_start_replay,
         seed=config.seed,
+        min_rows=config.warm_start_min_rows,
     )
 
 

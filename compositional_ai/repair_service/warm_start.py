@@ -78,10 +78,14 @@ def plan_warm_start(
     max_new_share: float,
     replay_ratio: float,
     seed: int,
+    min_rows: int = 0,
 ) -> WarmStartPlan:
     """Continue from `parent` (trained on `parent_pairs`) when its lessons still hold and the new
     rows are at most `max_new_share` of the set; the replay sample is `replay_ratio` times the
-    new rows (at most every old row), drawn with `seed`."""
+    new rows, or more to make `min_rows` in all (at most every old row), drawn with `seed`.
+
+    The floor matters when little is new: a few rows alone would pull batch-norm statistics and
+    the weights toward themselves."""
     if not 0.0 < max_new_share <= 1.0:
         raise ValueError(f"max_new_share must be in (0, 1], got {max_new_share}")
     if replay_ratio < 0.0:
@@ -113,7 +117,8 @@ def plan_warm_start(
             f"{new.height} of {training_set.height} rows are new since v{parent}, more than "
             f"{max_new_share:.0%}: a fresh training sees them all alike",
         )
-    replay_count = min(old.height, math.ceil(replay_ratio * new.height))
+    wanted = max(math.ceil(replay_ratio * new.height), min_rows - new.height)
+    replay_count = min(old.height, wanted)
     replay = old.sample(replay_count, seed=seed) if replay_count else old.clear()
     return WarmStartPlan(
         parent,

@@ -164,8 +164,13 @@ class ModelRegistry(ConfigurableResource):
 
     def version_tagged(self, model_name: str, key: str, value: str) -> RegisteredVersion | None:
         """The newest version of `model_name` whose tag `key` equals `value`, or None."""
+        return self.version_with_tags(model_name, {key: value})
+
+    def version_with_tags(self, model_name: str, tags: dict[str, str]) -> RegisteredVersion | None:
+        """The newest version of `model_name` carrying every one of `tags`, or None."""
         client = self._activate()
-        found = client.search_model_versions(f"name = {model_name!r} and tags.{key} = {value!r}")
+        wanted = " and ".join(f"tags.{key} = {value!r}" for key, value in tags.items())
+        found = client.search_model_versions(f"name = {model_name!r} and {wanted}")
         if not found:
             return None
         newest = max(found, key=lambda version: int(version.version))

@@ -277,10 +277,14 @@ def fit(
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     initial: DamageCNN | None = None,
+    population_labels: np.ndarray | None = None,
 ) -> TrainResult:
     """Train a `DamageCNN` on uint8 images [N, S, S] (S = config.image_size) and labels [N].
 
     With `initial`, training starts from a copy of its weights; `initial` is left as it was.
+    `population_labels` are the labels the class weights (and so the prior correction) are
+    computed from, when the images are a sample of a larger set (a warm start's new rows and
+    replay); by default, the training labels.
     """
     images = np.asarray(images)
     labels = np.asarray(labels, dtype=np.int64)
@@ -308,7 +312,7 @@ def fit(
         # fork_rng keeps the seeding (model init, dropout) from touching the caller's torch RNG.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            return _fit(images, labels, num_classes, config, on_epoch, initial)
+            return _fit(images, labels, num_classes, config, on_epoch, initial, population_labels)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -344,6 +348,7 @@ def fit_ensemble(
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     initial: DamageEnsemble | None = None,
+    population_labels: np.ndarray | None = None,
 ) -> EnsembleResult:
     """Train `config.members` models with consecutive seeds and average them.
 
@@ -372,6 +377,7 @@ def fit_ensemble(
                 config=member_config,
                 on_epoch=on_epoch,
                 initial=None if initial is None else initial.members[index],
+                population_labels=population_labels,
             )
         )
     weights = None
@@ -391,6 +397,7 @@ def fit_model(
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None = None,
     initial: DamageCNN | DamageEnsemble | None = None,
+    population_labels: np.ndarray | None = None,
 ) -> TrainResult | EnsembleResult:
     """`fit` for one plain model, `fit_ensemble` when the config asks for members, flips or a
     prior correction; either continues from `initial` when given one of its own kind."""
@@ -402,7 +409,13 @@ def fit_model(
         )
     train = fit if plain else fit_ensemble
     return train(
-        images, labels, num_classes=num_classes, config=config, on_epoch=on_epoch, initial=initial
+        images,
+        labels,
+        num_classes=num_classes,
+        config=config,
+        on_epoch=on_epoch,
+        initial=initial,
+        population_labels=population_labels,
     )
 
 
@@ -413,6 +426,7 @@ def _fit(
     config: TrainConfig,
     on_epoch: Callable[[EpochRecord], None] | None,
     initial: DamageCNN | None = None,
+    population_labels: np.ndarray | None = None,
 ) -> TrainResult:
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
@@ -435,7 +449,8 @@ def _fit(
         if initial is None
         else copy.deepcopy(initial)
     )
-    weights = class_weights(labels[train_idx], num_classes, config.class_weighting)
+    weighted = labels[train_idx] if population_labels is None else population_labels
+    weights = class_weights(weighted, num_classes, config.class_weighting)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay

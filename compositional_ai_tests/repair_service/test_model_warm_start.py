@@ -20,6 +20,9 @@ from compositional_ai.warehouse.partitions import landing_batches
 from compositional_ai_tests.graph import Graph, materialization_metadata
 
 TINY_TRAINING = {"image_size": 32, "epochs": 2, "batch_size": 16, "patience": 2, "width": 8}
+# A floor under the rows a warm start trains on, below this test's training sets' size.
+MIN_ROWS = 20
+RETRAINING = {**TINY_TRAINING, "warm_start_min_rows": MIN_ROWS}
 SEED_OP = "repair__repair_damage_model"
 NEXT_OP = "feedback__repair_damage_model_next"
 DETECTOR_OP = "defect_detection__defect_detector"
@@ -55,11 +58,11 @@ def graph(tmp_path_factory):
         # The first batch is the workshop's; each online batch's labels arrive with the next.
         for batch in landing.batches[1:3]:
             run(jobs.BATCH_ASSETS, partition=batch)
-        first = run(jobs.RETRAINING_ASSETS, training=TINY_TRAINING)
+        first = run(jobs.RETRAINING_ASSETS, training=RETRAINING)
         # What each model's training set holds before the last batch arrives.
         before = {op: graph.sql(f"select * from {MODELS[op][2]}") for op in MODELS}
         run(jobs.BATCH_ASSETS, partition=landing.batches[3])
-        second = run(jobs.RETRAINING_ASSETS, training=TINY_TRAINING)
+        second = run(jobs.RETRAINING_ASSETS, training=RETRAINING)
         yield run, graph, first, second, before
 
 
@@ -71,7 +74,7 @@ def test_the_first_retraining_starts_from_scratch(graph, op):
     found = materialization_metadata(first, asset)
     assert found["warm_started_from"] == "none"
     assert found["warm_start_reason"] == (
-        f"{asset.to_user_string()} has registered no version to continue"
+        f"{asset.to_user_string()} has no promoted version to continue"
     )
     assert found["trained_on_rows"] == found["training_rows"]
 
@@ -92,7 +95,8 @@ def test_the_next_retraining_continues_on_the_new_rows_and_a_replay(graph, op):
     assert child["warm_started_from"] == parent["model_version"]
     assert child["model_version"] != parent["model_version"]
     assert child["training_rows"] == len(rows)
-    assert child["trained_on_rows"] == new + min(new, len(rows) - new)
+    assert child["trained_on_rows"] == new + min(len(rows) - new, max(new, MIN_ROWS - new))
+    assert child["trained_on_rows"] < child["training_rows"]
     assert child["warm_start_reason"].startswith(f"continues v{parent['model_version']} on {new}")
     # MLflow records it too, and the pairs the version now knows: the whole current set.
     version = registry.versions(model_name)[int(child["model_version"]) - 1]
@@ -114,7 +118,7 @@ def test_warm_start_off_trains_the_whole_set_again(graph):
     run, _, _, second, _ = graph
     result = run(
         dg.AssetSelection.assets(NEXT_MODEL),
-        training={**TINY_TRAINING, "warm_start": False},
+        training={**RETRAINING, "warm_start": False},
         ops=(NEXT_OP,),
     )
     found = materialization_metadata(result, NEXT_MODEL)

@@ -107,3 +107,12 @@ def test_a_photo_in_several_requests_counts_each_row():
 def test_settings_out_of_range_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         plan({**OLD, **NEW}, OLD, **overrides)
+
+
+def test_little_that_is_new_is_trained_with_enough_replayed_to_make_the_floor():
+    few = {"new00": 1}
+    result = plan({**OLD, **few}, OLD, min_rows=12)
+    assert (result.new_rows, result.replay_rows, result.rows.height) == (1, 11, 12)
+    # Never more than the parent learned from; a ratio above the floor still counts.
+    assert plan({**OLD, **few}, OLD, min_rows=100).replay_rows == 20
+    assert plan({**OLD, **NEW}, OLD, min_rows=6, replay_ratio=2.0).replay_rows == 10

@@ -540,3 +540,17 @@ def test_fit_refuses_an_initial_model_of_another_shape() -> None:
             config=dataclasses.replace(config, test_time_flips=True),
             initial=DamageCNN(3, image_size=SIZE),
         )
+
+
+def test_class_weights_come_from_the_population_when_training_on_a_sample() -> None:
+    images, labels = synthetic_cells(60, seed=24)
+    sample = labels != 2
+    config = dataclasses.replace(FAST, epochs=1, val_fraction=0.0)
+    alone = fit(images[sample], labels[sample], num_classes=3, config=config)
+    weighted = fit(
+        images[sample], labels[sample], num_classes=3, config=config, population_labels=labels
+    )
+    # Alone, the sample's missing class gets weight 0 (a prior correction would rule it out).
+    assert alone.class_weights[2] == 0.0
+    assert np.allclose(weighted.class_weights, class_weights(labels, 3, "sqrt"))
+    assert min(weighted.class_weights) > 0
