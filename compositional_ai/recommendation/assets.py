@@ -1,18 +1,22 @@
 """Service recommendations, learned from the repair service's and the chatbot's logs."""
 
 import hashlib
+import json
 
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, asset
 
 from compositional_ai.feedback.lineage import record_training
 from compositional_ai.recommendation.model import evaluate, fit_recommender
+from compositional_ai.repair_service.vision_models import ASSET_TAG, FINGERPRINT_TAG, frame_digest
 from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
 from compositional_ai.resources.warehouse import Warehouse
 
 RECOMMENDER = "service_recommender"
 TEST_SHARE = 0.2
 SEED = 7
+# The figures `evaluate` logs for each version, carried by a reused version's asset too.
+METRIC_NAMES = ("hit_rate_at_3", "popularity_hit_rate_at_3", "lift", "n_test")
 
 
 def training_rows(
@@ -128,16 +132,55 @@ def service_recommender(
             f"{RECOMMENDER}: {train.height} training and {test.height} test customers; "
             "both splits need rows"
         )
+    asset_key = context.asset_key.to_user_string()
+    digest = frame_digest(training_set, sorted(training_set.columns))
+    settings = {"seed": SEED, "test_share": TEST_SHARE, "k": 3}
+    fingerprint = hashlib.sha256(
+        json.dumps({"training": digest, **settings}, sort_keys=True).encode()
+    ).hexdigest()[:32]
+    trained_before = model_registry.version_tagged(RECOMMENDER, FINGERPRINT_TAG, fingerprint)
+    if trained_before is not None:
+        # Fitting is seeded: the same rows and settings give the same model, so a re-run reuses
+        # the version (and keeps it serving) instead of registering a copy.
+        model_registry.set_alias(RECOMMENDER, trained_before.version, CHAMPION)
+        context.log.info(
+            f"{RECOMMENDER}: training set {digest} is already version {trained_before.version}; "
+            "not training again"
+        )
+        return MaterializeResult(
+            metadata={
+                "model_name": RECOMMENDER,
+                "model_version": trained_before.version,
+                "reused_version": True,
+                "training_set_digest": digest,
+                "training_fingerprint": fingerprint,
+                "mlflow_run": MetadataValue.url(model_registry.run_url(trained_before.run_id)),
+                **{
+                    k: MetadataValue.float(float(v))
+                    for k, v in trained_before.metrics.items()
+                    if k in METRIC_NAMES
+                },
+            }
+        )
     figures = evaluate(train, test, seed=SEED, k=3)
     model = fit_recommender(train, seed=SEED)
     with model_registry.training_run(
         RECOMMENDER,
         dagster_run_id=context.run.run_id,
-        asset_key=context.asset_key.to_user_string(),
-        params={"seed": SEED, "test_share": TEST_SHARE, "train_rows": train.height},
+        asset_key=asset_key,
+        params={**settings, "train_rows": train.height},
     ) as run:
+        mlflow.log_input(
+            mlflow.data.from_pandas(
+                training_set.to_pandas(), name=f"{RECOMMENDER}_training_set", digest=digest
+            ),
+            context="training",
+        )
         mlflow.log_metrics({k: float(v) for k, v in figures.items()})
         version = model_registry.log_sklearn_model(model, RECOMMENDER)
+        model_registry.tag_version(
+            RECOMMENDER, version, {FINGERPRINT_TAG: fingerprint, ASSET_TAG: asset_key}
+        )
         run_id = run.info.run_id
     record_training(warehouse, train, RECOMMENDER, version, default_origin="customer_holdings")
     model_registry.set_alias(RECOMMENDER, version, CHAMPION)
@@ -148,6 +191,9 @@ def service_recommender(
             "model_version": version,
             "mlflow_run_id": run_id,
             "mlflow_run": MetadataValue.url(model_registry.run_url(run_id)),
+            "reused_version": False,
+            "training_set_digest": digest,
+            "training_fingerprint": fingerprint,
             **{k: MetadataValue.float(float(v)) for k, v in figures.items()},
         }
     )

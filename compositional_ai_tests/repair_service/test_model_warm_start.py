@@ -126,3 +126,22 @@ def test_warm_start_off_trains_the_whole_set_again(graph):
     assert found["warm_start_reason"] == "warm start is off"
     assert found["trained_on_rows"] == found["training_rows"]
     assert found["model_version"] != materialization_metadata(second, NEXT_MODEL)["model_version"]
+
+
+@pytest.mark.slow
+def test_the_recommender_reuses_its_version_when_nothing_changed(graph):
+    run, graph_, _, second, _ = graph
+    registry = graph_.resources["model_registry"]
+    recommender = dg.AssetKey(["recommendation", "service_recommender"])
+    trained = materialization_metadata(second, recommender)
+    count = len(registry.versions("service_recommender"))
+    again = materialization_metadata(run(dg.AssetSelection.assets(recommender)), recommender)
+    assert trained["reused_version"] is False
+    assert again["reused_version"] is True
+    assert again["model_version"] == trained["model_version"]
+    assert again["training_fingerprint"] == trained["training_fingerprint"]
+    assert again["hit_rate_at_3"] == trained["hit_rate_at_3"]
+    assert len(registry.versions("service_recommender")) == count
+    version = registry.versions("service_recommender")[-1]
+    assert version.tags["training_fingerprint"] == trained["training_fingerprint"]
+    assert version.aliases == ("champion",)
