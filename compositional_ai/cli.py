@@ -114,9 +114,9 @@ def _lineage(args: argparse.Namespace, paths: DataPaths) -> None:
         )
     chain = lineage_of(resources["warehouse"], model, version)
     made = sum(row["n"] for row in chain["predictions"])
-    print(f"{model}@{version} made {made} predictions:")
+    print(f"{model}@{version} made {made} predictions" + (":" if made else " yet"))
     for row in chain["predictions"]:
-        print(f"  {row['n']:>6} {row['source']} in batch {row['batch']}")
+        print(f"  {row['n']:>6} in the {row['source']} inference log, batch {row['batch']}")
     labels = chain["labels"]
     print(
         f"of which {labels['confirmed']} were confirmed by a technician "

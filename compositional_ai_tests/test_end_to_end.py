@@ -170,6 +170,7 @@ def test_the_lineage_command_prints_the_chain_and_refuses_an_unknown_version(
     printed = capsys.readouterr().out
     logged = _sql(paths, "select count(*) from repair.repair_inference_log where status = 'ok'")
     assert f"repair_damage_model@1 made {logged[0][0]} predictions:" in printed
+    assert " in the batch inference log, batch 20" in printed
     assert "learned from by repair_damage_model@2" in printed
 
     with pytest.raises(SystemExit) as refused:
