@@ -4,6 +4,7 @@ import hashlib
 import json
 
 import polars as pl
+import polars.selectors as cs
 from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, asset
 
 from compositional_ai.feedback.lineage import record_training
@@ -172,7 +173,11 @@ def service_recommender(
     ) as run:
         mlflow.log_input(
             mlflow.data.from_pandas(
-                training_set.to_pandas(), name=f"{RECOMMENDER}_training_set", digest=digest
+                # Integers as floats, as the photo models log theirs: MLflow's schema inference
+                # warns that an integer column cannot hold a missing value.
+                training_set.with_columns(cs.integer().cast(pl.Float64)).to_pandas(),
+                name=f"{RECOMMENDER}_training_set",
+                digest=digest,
             ),
             context="training",
         )
