@@ -9,8 +9,13 @@ from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataV
 
 from compositional_ai.feedback.lineage import record_training
 from compositional_ai.recommendation.model import evaluate, fit_recommender
-from compositional_ai.repair_service.vision_models import ASSET_TAG, FINGERPRINT_TAG, frame_digest
-from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
+from compositional_ai.resources.model_registry import (
+    ASSET_TAG,
+    CHAMPION,
+    FINGERPRINT_TAG,
+    ModelRegistry,
+    frame_digest,
+)
 from compositional_ai.resources.warehouse import Warehouse
 
 RECOMMENDER = "service_recommender"

@@ -31,7 +31,13 @@ from compositional_ai.repair_service.warm_start import (
     training_pairs,
 )
 from compositional_ai.resources.landing import LandingArea
-from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
+from compositional_ai.resources.model_registry import (
+    ASSET_TAG,
+    CHAMPION,
+    FINGERPRINT_TAG,
+    ModelRegistry,
+    frame_digest,
+)
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.vision.images import STORED_IMAGE_SIZE, decode_gray
 from compositional_ai.vision.metrics import (
@@ -206,12 +212,6 @@ def photo_pixels(
     return np.concatenate(parts)[rows]
 
 
-def frame_digest(frame: pl.DataFrame, columns: list[str]) -> str:
-    """A content digest of a training set, independent of row order."""
-    rows = frame.select(columns).sort(columns).write_csv()
-    return hashlib.sha256(rows.encode()).hexdigest()[:16]
-
-
 # Decoded holdouts by (digest of their photos, size): a retraining evaluates every photo model
 # on the same holdout, so a process decodes it once per size. Bounded: the last few only.
 _DECODED_HOLDOUTS: dict[tuple[str, int], np.ndarray] = {}
@@ -262,11 +262,6 @@ def evaluate(model, holdout: pl.DataFrame, *, binary_only: bool) -> tuple[dict, 
             )
     metrics["holdout_size"] = len(levels)
     return metrics, matrices
-
-
-FINGERPRINT_TAG = "training_fingerprint"
-# Which asset trained a version: its next version continues from the newest one it trained.
-ASSET_TAG = "dagster_asset_key"
 
 
 def training_fingerprint(

@@ -1,5 +1,6 @@
 """The `model_registry` resource: MLflow tracking and model registry on a local store."""
 
+import hashlib
 import os
 import tempfile
 import warnings
@@ -17,6 +18,10 @@ from mlflow.exceptions import MlflowException
 
 EXPERIMENT = "compositional_ai"
 CHAMPION = "champion"
+# A digest of the training set and settings a version was trained with: a re-run reuses it.
+FINGERPRINT_TAG = "training_fingerprint"
+# Which asset trained a version: a photo model's next version continues the one it trained.
+ASSET_TAG = "dagster_asset_key"
 
 # MLflow infers a model's pip requirements by inspecting the environment, which is slow and warns
 # about torch's local "+cpu" label; the project's own requirements are stated instead.
@@ -42,6 +47,12 @@ def _quiet_mlflow() -> Iterator[None]:
         warnings.filterwarnings("ignore", message=".*type hint is inferred as AnyType.*")
         warnings.filterwarnings("ignore", message=".*pickle or cloudpickle format.*")
         yield
+
+
+def frame_digest(frame: pl.DataFrame, columns: list[str]) -> str:
+    """A content digest of a training set, independent of row order."""
+    rows = frame.select(columns).sort(columns).write_csv()
+    return hashlib.sha256(rows.encode()).hexdigest()[:16]
 
 
 class NoChampionError(LookupError):

@@ -10,7 +10,7 @@ import pytest
 from compositional_ai import jobs
 from compositional_ai.landing.generate import build_demo_landing
 from compositional_ai.repair_service.assets import REPAIR_MODEL
-from compositional_ai.repair_service.vision_models import FINGERPRINT_TAG
+from compositional_ai.resources.model_registry import FINGERPRINT_TAG
 from compositional_ai.settings import PSEUDONYM_KEY_ENV
 from compositional_ai.warehouse.partitions import landing_batches
 from compositional_ai_tests.graph import Graph, materialization_metadata
