@@ -16,7 +16,8 @@ columns, plus the accepted request (pseudonymised contacts) to `requests` and it
 after its rows are on disk; if the log cannot take them, the answer is 503.
 
 Untrusted input is checked before it reaches anything expensive: the body size at the door
-(bodies over the limit are answered 413 without being parsed), the form fields and product id,
+(bodies over the limit are answered 413 without being parsed), the form fields (a field given
+twice, in a form or a JSON body, is refused as `duplicate_field`) and product id,
 then `inspect_and_decode` (format, byte and pixel limits from the header, a full verifying
 decode, whose pixels the model then gets). Photos are checked and decoded in worker threads, at
 most `inference_workers` at a time, and graded by one thread that runs a single forward pass for
@@ -25,13 +26,14 @@ every photo waiting (`serving.BatchGrader`); none of it runs on the event loop.
 
 import functools
 import hashlib
+import json
 import logging
 import os
 import re
 import threading
 import time
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +44,7 @@ import numpy as np
 import polars as pl
 import torch
 import uvicorn
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StrictBool, StrictInt
@@ -1124,6 +1126,46 @@ def _request_context(error: RequestValidationError) -> dict:
     }
 
 
+def _repeated(names) -> list[str]:
+    return sorted(name for name, count in Counter(names).items() if count > 1)
+
+
+async def single_valued_form(request: Request) -> None:
+    """Refuse a form that gives a field twice (which value would be meant is anyone's guess)."""
+    form = await request.form()
+    repeated = _repeated(name for name, _ in form.multi_items())
+    if repeated:
+        # The log row names the product and client id only where the form gave one.
+        known = {
+            key: values[0]
+            for key in ("product_id", "client_request_id")
+            if len(values := form.getlist(key)) == 1 and isinstance(values[0], str)
+        }
+        raise ApiError(
+            422, "duplicate_field", f"the form gives {', '.join(repeated)} more than once", **known
+        )
+
+
+async def single_valued_json(request: Request) -> None:
+    """Refuse a JSON body whose objects name a field twice (json.loads keeps the last)."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict:
+        repeated.extend(_repeated(name for name, _ in items))
+        return dict(items)
+
+    try:
+        json.loads(await request.body(), object_pairs_hook=pairs)
+    except ValueError:
+        return  # not JSON: the body's validation answers that
+    if repeated:
+        raise ApiError(
+            422,
+            "duplicate_field",
+            f"the body names {', '.join(sorted(set(repeated)))} more than once",
+        )
+
+
 def create_app(
     paths: DataPaths,
     *,
@@ -1205,7 +1247,12 @@ def create_app(
             logger.exception("unhandled error")
             raise ApiError(500, "internal_error", type(error).__name__) from error
 
-    @app.post("/v1/assessments", response_model=AssessmentOut, responses=ERROR_RESPONSES)
+    @app.post(
+        "/v1/assessments",
+        response_model=AssessmentOut,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(single_valued_form)],
+    )
     def create_assessment(
         request: Request,
         photo: Annotated[UploadFile, File(description="PNG or JPEG photo of the cell")],
@@ -1230,7 +1277,10 @@ def create_app(
         )
 
     @app.post(
-        "/v1/assessments/{request_id}/chat", response_model=ChatOut, responses=ERROR_RESPONSES
+        "/v1/assessments/{request_id}/chat",
+        response_model=ChatOut,
+        responses=ERROR_RESPONSES,
+        dependencies=[Depends(single_valued_json)],
     )
     def chat(request: Request, request_id: str, body: ChatIn) -> dict:
         """Answer the chatbot's current question; get its next one and the slots so far."""
@@ -1244,6 +1294,7 @@ def create_app(
         "/v1/assessments/{request_id}/outcome",
         response_model=OutcomeOut,
         responses=ERROR_RESPONSES,
+        dependencies=[Depends(single_valued_json)],
     )
     def outcome(request: Request, request_id: str, body: OutcomeIn) -> dict:
         """Record a technician's confirmed outcome of a served assessment."""

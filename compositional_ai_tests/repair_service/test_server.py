@@ -181,16 +181,17 @@ def _request(method: str, url: str, body: bytes | None = None, headers: dict | N
             return error.code, json.loads(error.read())
 
 
-def _multipart(fields: dict, files: dict) -> tuple[bytes, str]:
+def _multipart(fields: dict | list, files: dict | list) -> tuple[bytes, str]:
+    """A multipart body; lists of (name, value) pairs may name a field more than once."""
     boundary = uuid.uuid4().hex
     parts = []
-    for name, value in fields.items():
+    for name, value in fields.items() if isinstance(fields, dict) else fields:
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
             + str(value).encode()
             + b"\r\n"
         )
-    for name, (filename, content) in files.items():
+    for name, (filename, content) in files.items() if isinstance(files, dict) else files:
         parts.append(
             f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
             f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'.encode()
@@ -351,6 +352,38 @@ def test_malformed_requests_get_a_4xx_and_are_logged(running, case, photo, overr
         assert row["client_request_id"] == client_id
 
 
+@pytest.mark.parametrize(
+    ("fields", "photos", "repeated", "logged_product"),
+    [
+        # Which product would be meant? Landing quarantines such a line as duplicate_field.
+        ([("product_id", "P0001"), ("product_id", "P0002")], 1, "product_id", None),
+        ([("product_id", "P0001")], 2, "photo", "P0001"),
+    ],
+    ids=["two products", "two photos"],
+)
+def test_a_form_field_given_twice_is_refused_and_logged(
+    running, fields, photos, repeated, logged_product
+):
+    client_id = f"twice-{uuid.uuid4().hex}"
+    form = [*CUSTOMER.items(), ("client_request_id", client_id), *fields]
+    files = [("photo", ("cell.png", photo)) for photo in _photos(photos, start=400)]
+    body, content_type = _multipart(form, files)
+    status, answer = _request(
+        "POST", f"{running.url}/v1/assessments", body, {"Content-Type": content_type}
+    )
+    assert (status, answer["error"]["code"]) == (422, "duplicate_field"), answer
+    assert repeated in answer["error"]["message"]
+    log = _log(running.paths, served_log.ASSESSMENTS_STREAM, INFERENCE_LOG_SCHEMA)
+    (row,) = log.filter(pl.col("request_id") == answer["request_id"]).iter_rows(named=True)
+    assert row["status"] == "422" and row["error"].startswith("duplicate_field: ")
+    # An ambiguous product is not logged as either of the two.
+    assert row["client_request_id"] == client_id and row["product_id"] == logged_product
+    assert row["predicted_level"] is None
+    # Nothing was graded or kept for it.
+    requests = _log(running.paths, served_log.REQUESTS_STREAM, served_log.REQUEST_LOG_SCHEMA)
+    assert requests.filter(pl.col("client_request_id") == client_id).is_empty()
+
+
 def test_malformed_multipart_is_a_logged_400(running):
     body = b"--nope\r\nthis is not multipart at all"
     status, answer = _request(
@@ -493,6 +526,8 @@ CHAT_AND_OUTCOME_ERRORS = [
     ("chat", "known", {"text": "hi", "extra": 1}, 422, "invalid_fields"),
     ("chat", "known", b"{not json", 422, "invalid_fields"),
     ("chat", "known", {"text": 5}, 422, "invalid_fields"),
+    # json.loads would keep the last of the two; the service refuses to guess.
+    ("chat", "known", b'{"text": "hello", "text": "bye"}', 422, "duplicate_field"),
     (
         "outcome",
         "srv-unknown",
@@ -526,6 +561,13 @@ CHAT_AND_OUTCOME_ERRORS = [
         "invalid_fields",
     ),
     ("outcome", "known", {"quote_accepted": False}, 422, "missing_fields"),
+    (
+        "outcome",
+        "known",
+        b'{"technician_id": "T", "quote_accepted": false, "quote_accepted": true}',
+        422,
+        "duplicate_field",
+    ),
     # A naive timestamp is ambiguous.
     (
         "outcome",
