@@ -105,6 +105,15 @@ CONFIGS: dict[str, tuple[str, TrainConfig]] = {
     ),
     # Twice the width (about 3.5x the compute of width 16): is capacity the limit?
     "c96_all_w32": ("levels", replace(BASE, val_fraction=0.0, width=32)),
+    # Regularisers of the targets rather than the images: label smoothing, mixup.
+    "c128_all_ls": (
+        "levels",
+        replace(BASE, image_size=128, epochs=40, val_fraction=0.0, label_smoothing=0.1),
+    ),
+    "c128_all_mixup": (
+        "levels",
+        replace(BASE, image_size=128, epochs=40, val_fraction=0.0, mixup=0.4),
+    ),
 }
 # What a plain run measures; the others are there for --only.
 DEFAULT_RUN = ("c96", "bin96")

@@ -67,6 +67,11 @@ class TrainConfig:
     # the training data's priors, which maximises accuracy, after a loss that favoured rare
     # classes. No effect with class_weighting "none".
     prior_correction: bool = False
+    # Cross-entropy towards (1 - s) on the label and s spread over all classes.
+    label_smoothing: float = 0.0
+    # Mixup: each batch is blended with a shuffled copy of itself, weight drawn from
+    # Beta(mixup, mixup), and the loss blended alike; 0 turns it off.
+    mixup: float = 0.0
 
     def __post_init__(self) -> None:
         checks = (
@@ -84,6 +89,8 @@ class TrainConfig:
             (self.num_threads >= 1, "num_threads must be >= 1"),
             (self.max_seconds is None or self.max_seconds > 0, "max_seconds must be positive"),
             (self.members >= 1, "members must be >= 1"),
+            (0.0 <= self.label_smoothing < 1.0, "label_smoothing must be in [0, 1)"),
+            (self.mixup >= 0.0, "mixup must be >= 0"),
         )
         for ok, message in checks:
             if not ok:
@@ -451,7 +458,9 @@ def _fit(
     )
     weighted = labels[train_idx] if population_labels is None else population_labels
     weights = class_weights(weighted, num_classes, config.class_weighting)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    loss_fn = nn.CrossEntropyLoss(
+        weight=torch.tensor(weights, dtype=torch.float32), label_smoothing=config.label_smoothing
+    )
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=config.lr, weight_decay=config.weight_decay
     )
@@ -483,7 +492,12 @@ def _fit(
                 x = dihedral_augment(x, generator)
             elif config.augment == "affine":
                 x = affine_augment(x, generator)
-            loss = loss_fn(model(x), train_y[index])
+            y = train_y[index]
+            if config.mixup > 0:
+                share = float(rng.beta(config.mixup, config.mixup))
+                loss = mixup_loss(model, loss_fn, x, y, share, generator)
+            else:
+                loss = loss_fn(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -521,6 +535,23 @@ def _fit(
         num_train=len(train_idx),
         num_val=len(val_idx),
     )
+
+
+def mixup_loss(
+    model: nn.Module,
+    loss_fn: nn.CrossEntropyLoss,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    share: float,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """The loss on the batch blended with a shuffled copy of itself (mixup, Zhang et al. 2018)."""
+    partner = torch.randperm(len(labels), generator=generator)
+    x = images.float()
+    if images.dtype == torch.uint8:
+        x = x / 255.0
+    logits = model(share * x + (1.0 - share) * x[partner])
+    return share * loss_fn(logits, labels) + (1.0 - share) * loss_fn(logits, labels[partner])
 
 
 def _epoch_record(

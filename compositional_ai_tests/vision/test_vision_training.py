@@ -17,6 +17,7 @@ from compositional_ai.vision.training import (
     fit_ensemble,
     fit_model,
     flip_augment,
+    mixup_loss,
     model_from_bytes,
     model_to_bytes,
     predict_proba,
@@ -245,6 +246,9 @@ def test_fit_rejects_bad_inputs(images, labels, message) -> None:
         {"monitor": "auc"},
         {"max_seconds": 0},
         {"image_size": 8},
+        {"label_smoothing": 1.0},
+        {"label_smoothing": -0.1},
+        {"mixup": -0.2},
     ],
 )
 def test_config_validation(changes: dict) -> None:
@@ -554,3 +558,52 @@ def test_class_weights_come_from_the_population_when_training_on_a_sample() -> N
     assert alone.class_weights[2] == 0.0
     assert np.allclose(weighted.class_weights, class_weights(labels, 3, "sqrt"))
     assert min(weighted.class_weights) > 0
+
+
+def test_mixup_blends_images_and_losses_by_the_same_share() -> None:
+    images, labels = synthetic_cells(16, seed=12)
+    model = DamageCNN(3, width=4, image_size=SIZE).eval()
+    x, y = torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    partner = torch.randperm(16, generator=torch.Generator().manual_seed(3))
+
+    def mixed(share: float) -> float:
+        return float(mixup_loss(model, loss_fn, x, y, share, torch.Generator().manual_seed(3)))
+
+    with torch.inference_mode():
+        # All of the batch itself, or all of its shuffled copy, is plain training on either.
+        assert mixed(1.0) == pytest.approx(float(loss_fn(model(x), y)), rel=1e-5)
+        assert mixed(0.0) == pytest.approx(float(loss_fn(model(x[partner]), y[partner])), rel=1e-5)
+        # Halfway: the blended image, scored half against each label.
+        blend = (x.float() / 255 + x[partner].float() / 255) / 2
+        logits = model(blend)
+        half = (loss_fn(logits, y) + loss_fn(logits, y[partner])) / 2
+        assert mixed(0.5) == pytest.approx(float(half), rel=1e-5)
+
+
+def test_mixup_training_is_seeded_and_still_learns() -> None:
+    images, labels = synthetic_cells(300, seed=0)
+    config = dataclasses.replace(FAST, mixup=0.4, epochs=12)
+    first = fit(images, labels, num_classes=3, config=config)
+    again = fit(images, labels, num_classes=3, config=config)
+    plain = fit(images, labels, num_classes=3, config=dataclasses.replace(config, mixup=0.0))
+    losses = [[r.train_loss for r in run.history] for run in (first, again, plain)]
+    assert losses[0] == losses[1]
+    assert losses[0] != losses[2]
+    test_images, test_labels = synthetic_cells(150, seed=1)
+    predictions = predict_proba(first.model, test_images).argmax(1)
+    assert classification_metrics(test_labels, predictions, 3)["accuracy"] >= 0.9
+
+
+def test_label_smoothing_makes_the_model_less_certain() -> None:
+    images, labels = synthetic_cells(300, seed=0)
+    smooth = dataclasses.replace(FAST, label_smoothing=0.3)
+    sharp = fit(images, labels, num_classes=3, config=FAST).model
+    smoothed = fit(images, labels, num_classes=3, config=smooth).model
+    test_images, test_labels = synthetic_cells(150, seed=1)
+    sharp_top = predict_proba(sharp, test_images).max(1)
+    smoothed_proba = predict_proba(smoothed, test_images)
+    # Targets of 0.8 for the label: confidence stays well below what plain training reaches.
+    assert smoothed_proba.max(1).mean() < sharp_top.mean() - 0.05
+    accuracy = classification_metrics(test_labels, smoothed_proba.argmax(1), 3)["accuracy"]
+    assert accuracy >= 0.9
