@@ -114,6 +114,11 @@ CONFIGS: dict[str, tuple[str, TrainConfig]] = {
         "levels",
         replace(BASE, image_size=128, epochs=40, val_fraction=0.0, mixup=0.4),
     ),
+    # Stronger weight decay (AdamW's 1e-4 is light for a network trained from scratch).
+    "c128_all_wd": (
+        "levels",
+        replace(BASE, image_size=128, epochs=40, val_fraction=0.0, weight_decay=0.05),
+    ),
 }
 # What a plain run measures; the others are there for --only.
 DEFAULT_RUN = ("c96", "bin96")
