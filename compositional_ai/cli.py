@@ -29,9 +29,16 @@ def _landing(args: argparse.Namespace, paths: DataPaths) -> None:
 
 
 def _init_home(_args: argparse.Namespace, paths: DataPaths) -> None:
-    from compositional_ai.demo import init_dagster_home
+    from dagster import DagsterInstance
 
-    print(f"DAGSTER_HOME ready at {init_dagster_home(paths)}")
+    from compositional_ai.demo import fail_orphaned_runs, init_dagster_home
+
+    home = init_dagster_home(paths)
+    os.environ.setdefault("DAGSTER_HOME", str(home))
+    with DagsterInstance.get() as instance:
+        for run_id in fail_orphaned_runs(instance):
+            print(f"run {run_id} was left unfinished by a killed process: marked failed")
+    print(f"DAGSTER_HOME ready at {home}")
 
 
 def _summary(_args: argparse.Namespace, paths: DataPaths) -> None:

@@ -7,10 +7,18 @@ the inference-partition sensor requests it.
 
 import logging
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
-from dagster import DagsterInstance, Definitions, RunRequest, build_sensor_context
+from dagster import (
+    DagsterInstance,
+    DagsterRunStatus,
+    Definitions,
+    RunRequest,
+    RunsFilter,
+    build_sensor_context,
+)
 
 from compositional_ai.definitions import build_definitions
 from compositional_ai.feedback.sensors import inference_partition_sensor
@@ -46,6 +54,12 @@ RETRAINING_MODEL_OPS = ["feedback__repair_damage_model_next", "defect_detection_
 
 REFERENCE_STEP = "reference data: product catalog and evaluation holdout"
 
+# Every run the demo executes in its own process says which process that is, so a run whose
+# process was killed (it stays STARTED in Dagster's storage) can be told from one still going.
+OWNER_HOST_TAG = "compositional_ai/host"
+OWNER_PID_TAG = "compositional_ai/pid"
+UNFINISHED = [DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+
 
 class DemoRunFailed(RuntimeError):
     """Raised when a run of the demo does not succeed; the message names the job and partition."""
@@ -60,6 +74,42 @@ def init_dagster_home(paths: DataPaths) -> Path:
     if not config.exists() or config.read_text(encoding="utf-8").startswith(WRITTEN_BY_US):
         config.write_text(DAGSTER_YAML, encoding="utf-8")
     return home
+
+
+def owner_tags() -> dict[str, str]:
+    return {OWNER_HOST_TAG: socket.gethostname(), OWNER_PID_TAG: str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
+
+
+def fail_orphaned_runs(instance: DagsterInstance) -> list[str]:
+    """Mark failed the unfinished runs that a process on this host executed and is gone.
+
+    A run killed with its process (SIGKILL, a lost terminal) never records its end: it would
+    stay STARTED, hold its concurrency slot (one ingestion at a time) and, for a batch, look
+    as if it were still being ingested. Returns the run ids marked failed."""
+    records = instance.get_run_records(
+        filters=RunsFilter(statuses=UNFINISHED, tags={OWNER_HOST_TAG: socket.gethostname()})
+    )
+    failed = []
+    for record in records:
+        run = record.dagster_run
+        pid = run.tags.get(OWNER_PID_TAG, "")
+        if not pid.isdigit() or int(pid) == os.getpid() or _alive(int(pid)):
+            continue
+        instance.report_run_failed(
+            run, message=f"process {pid} that executed this run is gone; it never finished"
+        )
+        failed.append(run.run_id)
+    return failed
 
 
 def execute_job(
@@ -77,7 +127,7 @@ def execute_job(
     result = job.execute_in_process(
         instance=instance,
         partition_key=partition_key,
-        tags=tags or {},
+        tags={**(tags or {}), **owner_tags()},
         # The demo prints its own progress; Dagster's console shows only warnings and errors,
         # while every event still goes to the instance for the UI.
         run_config={
@@ -132,6 +182,8 @@ def run_demo(
 
     os.environ.setdefault("DAGSTER_HOME", str(init_dagster_home(paths)))
     instance = DagsterInstance.get()
+    for run_id in fail_orphaned_runs(instance):
+        logger.warning("run %s was left unfinished by a killed process: marked failed", run_id)
     defs = build_definitions(paths)
     ops = training_run_config or {}
 

@@ -3,12 +3,17 @@
 import json
 
 import pytest
-from dagster import DagsterInstance, SkipReason, build_sensor_context
+from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, SkipReason, build_sensor_context
+from dagster._core.utils import make_new_run_id
 
 from compositional_ai.landing import formats
 from compositional_ai.resources.landing import LandingArea
 from compositional_ai.warehouse.partitions import landing_batches
-from compositional_ai.warehouse.sensors import batch_run_key, landing_batch_sensor
+from compositional_ai.warehouse.sensors import (
+    PARTITION_NAME_TAG,
+    batch_run_key,
+    landing_batch_sensor,
+)
 
 
 def _land(root, batch, *, ready=True):
@@ -60,15 +65,56 @@ def test_each_ready_batch_is_requested_exactly_once(tmp_path, instance):
     assert json.loads(later_cursor) == ["2026-01-05", "2026-01-12", "2026-01-19"]
 
 
+def _batch_run(instance, batch, status, job_name="batch_job"):
+    instance.add_run(
+        DagsterRun(
+            job_name=job_name,
+            run_id=make_new_run_id(),
+            status=status,
+            tags={PARTITION_NAME_TAG: batch},
+        )
+    )
+
+
 def test_a_lost_cursor_does_not_re_request_ingested_batches(tmp_path, instance):
     landing = LandingArea(root=str(tmp_path))
     _land(tmp_path, "2026-01-05")
+    _land(tmp_path, "2026-01-12")
     _tick(instance, landing, None)
+    _batch_run(instance, "2026-01-05", DagsterRunStatus.SUCCESS)
+    _batch_run(instance, "2026-01-12", DagsterRunStatus.STARTED)
 
-    # A reset sensor starts with no cursor; the partition it added earlier still exists.
+    # A reset sensor starts with no cursor; the partitions it added earlier still exist, one
+    # ingested, one being ingested.
     requests, _, skip = _tick(instance, landing, None)
 
     assert requests == [] and skip is not None
+
+
+def test_a_partition_that_no_run_ingested_is_requested(tmp_path, instance):
+    landing = LandingArea(root=str(tmp_path))
+    for batch in ("2026-01-05", "2026-01-12", "2026-01-19", "2026-01-26"):
+        _land(tmp_path, batch)
+    # What an interrupted demo leaves: every partition added, the first one's run failed, the
+    # second one's run of another job (which ingests nothing of the batch), the others never
+    # run; one more batch ingested.
+    instance.add_dynamic_partitions(
+        landing_batches.name, ["2026-01-05", "2026-01-12", "2026-01-19"]
+    )
+    _batch_run(instance, "2026-01-05", DagsterRunStatus.FAILURE)
+    _batch_run(instance, "2026-01-12", DagsterRunStatus.SUCCESS, job_name="reference_job")
+    _batch_run(instance, "2026-01-19", DagsterRunStatus.SUCCESS)
+
+    requests, cursor, _ = _tick(instance, landing, None)
+
+    assert [r.partition_key for r in requests] == ["2026-01-05", "2026-01-12", "2026-01-26"]
+    assert json.loads(cursor) == ["2026-01-05", "2026-01-12", "2026-01-26"]
+    assert instance.get_dynamic_partitions(landing_batches.name) == [
+        "2026-01-05",
+        "2026-01-12",
+        "2026-01-19",
+        "2026-01-26",
+    ]
 
 
 @pytest.mark.parametrize(
