@@ -247,7 +247,9 @@ _OBJECT_REPR = re.compile(r"<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 def _classify_decode_error(fmt: str, error: Exception) -> tuple[str, str]:
-    message = _OBJECT_REPR.sub("the photo", str(error)) or type(error).__name__
+    # PIL names the buffer it read ("cannot identify image file <_io.BytesIO object at 0x..>"):
+    # the service's memory is no one's business, and the sentence reads whole without it.
+    message = _OBJECT_REPR.sub("", str(error)).strip(" :") or type(error).__name__
     if isinstance(error, EOFError) or "truncated" in message.lower():
         return TRUNCATED_IMAGE, f"{fmt} data ends early: {message}"
     return NOT_AN_IMAGE, f"{fmt} data is corrupt: {message}"

@@ -138,6 +138,14 @@ def test_inspect_image_rejects(data: bytes, limits: dict, reason: str) -> None:
     assert caught.value.detail
     # The detail reaches service callers: it names the problem, not the service's memory.
     assert " at 0x" not in caught.value.detail
+    assert not caught.value.detail.endswith((" ", ":", "file the photo"))
+
+
+def test_an_unidentifiable_image_is_described_in_plain_words() -> None:
+    with pytest.raises(ImageRejected) as caught:
+        inspect_image(flip_ihdr_crc(real_png()), **LIMITS)
+    assert caught.value.reason == "not_an_image"
+    assert caught.value.detail == "PNG data is corrupt: cannot identify image file"
 
 
 def test_every_reason_is_exercised() -> None:
