@@ -137,7 +137,11 @@ def capture_transcripts(
             "request_quarantined",
             pl.format("request_id {}'s request line was quarantined", "request_id"),
         ),
-        (~known, "unknown_request", pl.format("request_id {} was never landed", "request_id")),
+        (
+            ~known,
+            "unknown_request",
+            pl.format("request_id {} is in no batch ingested so far", "request_id"),
+        ),
         (
             pl.col("transcript_id").is_in(earlier.implode()),
             "duplicate_transcript",

@@ -82,7 +82,8 @@ REASONS = {
     "unknown_customer": "a request names a customer id in no customer export",
     "customer_quarantined": "a request names a customer whose only row in the batch's customer "
     "export was quarantined",
-    "unknown_request": "an outcome or transcript names a request id that was never landed",
+    "unknown_request": "an outcome or transcript names a request id that no batch ingested up to "
+    "its own landed",
     "request_quarantined": "an outcome or transcript names a request whose line was quarantined",
     # Duplicates.
     "duplicate_request_id": "a request id repeats an earlier line of the batch or an earlier batch",
@@ -799,7 +800,11 @@ def _request_checks(
             "request_quarantined",
             pl.format("request_id {}'s request line was quarantined", "request_id"),
         ),
-        (~known, "unknown_request", pl.format("request_id {} was never landed", "request_id")),
+        (
+            ~known,
+            "unknown_request",
+            pl.format("request_id {} is in no batch ingested so far", "request_id"),
+        ),
     ]
 
 

@@ -98,7 +98,11 @@ BAD_TRANSCRIPTS = [
     (transcript(turns=turns(t1_at="2099-01-12T10:00:30Z")), "timestamp_in_future", "turn 1 at"),
     (transcript(turns=turns(t1_at="noon")), "invalid_timestamp", "turn 1 at='noon'"),
     # References to requests.
-    (transcript(request_id="R-404"), "unknown_request", "request_id R-404 was never landed"),
+    (
+        transcript(request_id="R-404"),
+        "unknown_request",
+        "request_id R-404 is in no batch ingested so far",
+    ),
     (transcript(request_id="R-Q"), "request_quarantined", "R-Q's request line was quarantined"),
     # Duplicates: of line 1, and of an earlier batch's transcript.
     (transcript("T-1", "R-3"), "duplicate_transcript", "T-1 repeats an earlier line of this batch"),

@@ -183,7 +183,7 @@ OUTCOMES_B = [
     (outcome("R-A2", accepted="false"), None, None),
     (outcome("R-A1"), "duplicate_outcome", "repeats an earlier line of this batch"),
     (outcome("R-B1", level="7"), "out_of_range", "damage_level=7 is outside 0..3"),
-    (outcome("R-ZZZ"), "unknown_request", "R-ZZZ was never landed"),
+    (outcome("R-ZZZ"), "unknown_request", "R-ZZZ is in no batch ingested so far"),
     (outcome("R-B2", inspected_at="2026-01-20 09:00"), "timestamp_without_offset", "offset"),
     (outcome("R-B10", level="3", probability="0.0"), "inconsistent_label", "damage_level=3"),
     (outcome("R-B23", quote_accepted="perhaps"), "wrong_type", "'perhaps' is not a boolean"),
@@ -192,7 +192,7 @@ OUTCOMES_B = [
 CHATS_B = [
     (chat("T-B1", "R-B1"), None, None),
     (chat("T-B1", "R-B1"), "duplicate_transcript", "repeats an earlier line"),
-    (chat("T-X", "R-ZZZ"), "unknown_request", "R-ZZZ was never landed"),
+    (chat("T-X", "R-ZZZ"), "unknown_request", "R-ZZZ is in no batch ingested so far"),
     (chat("T-B3", "R-B2", speaker="agent"), "invalid_turn", "speaker 'agent'"),
     (b'"hello"', "not_an_object", "a string"),
     (chat("T-B2", "R-B2"), None, None),

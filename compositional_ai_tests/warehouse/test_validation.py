@@ -565,7 +565,7 @@ BAD_OUTCOMES = [
     (outcome(request_id=""), "missing_field", "request_id"),
     (outcome() + b",x", "wrong_field_count", "8 fields, header has 7"),
     # References: a request never landed, and one whose line was quarantined.
-    (outcome("R-404"), "unknown_request", "request_id R-404 was never landed"),
+    (outcome("R-404"), "unknown_request", "request_id R-404 is in no batch ingested so far"),
     (outcome("R-Q"), "request_quarantined", "request_id R-Q's request line was quarantined"),
     # Duplicates: of line 2 of this file, and of an outcome of an earlier batch.
     (outcome("R-1"), "duplicate_outcome", "R-1 repeats an earlier line of this batch"),
