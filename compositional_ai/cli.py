@@ -301,10 +301,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=os.environ.get("COMPOSITIONAL_AI_LOG_LEVEL", "WARNING"))
     paths = DataPaths.from_env()
+    from compositional_ai.demo import DemoInterrupted, DemoRunFailed
+
     try:
         args.run(args, paths)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, DemoInterrupted) as error:
+        # What was materialized stays; a batch whose run stopped is ingested by the next run.
+        stopped = f": {error}" if str(error) else ""
+        print(f"\ninterrupted{stopped}; `make demo` again takes up what is left", file=sys.stderr)
         sys.exit(130)
+    except DemoRunFailed as error:
+        raise SystemExit(f"error: {error}") from None
     except MissingPseudonymKeyError as error:
         # The Makefile sets the demo's key; run directly, the command says what to set.
         raise SystemExit(

@@ -65,6 +65,15 @@ class DemoRunFailed(RuntimeError):
     """Raised when a run of the demo does not succeed; the message names the job and partition."""
 
 
+class DemoInterrupted(DemoRunFailed):
+    """Raised when a run of the demo stopped because the process was interrupted (Ctrl-C)."""
+
+
+# How a step failure records an interruption: Dagster turns SIGINT inside a step into its own
+# error; a KeyboardInterrupt raised by the step's code stays one.
+INTERRUPTIONS = ("DagsterExecutionInterruptedError", "KeyboardInterrupt")
+
+
 def init_dagster_home(paths: DataPaths) -> Path:
     """Create the persistent Dagster home under the data directory, telemetry off."""
     home = paths.dagster_home
@@ -137,11 +146,14 @@ def execute_job(
         raise_on_error=False,
     )
     if not result.success:
-        failures = [
-            f"{event.step_key}: {_root_cause(event.event_specific_data.error)}"
+        errors = [
+            (event.step_key, event.event_specific_data.error)
             for event in result.all_events
             if event.is_step_failure and event.event_specific_data.error
         ]
+        if any(error.cls_name in INTERRUPTIONS for _, error in errors):
+            raise DemoInterrupted(f"{label} was interrupted (run {result.run_id})")
+        failures = [f"{step}: {_root_cause(error)}" for step, error in errors]
         raise DemoRunFailed(f"{label} failed (run {result.run_id}): {'; '.join(failures)}")
 
 

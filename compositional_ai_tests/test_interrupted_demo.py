@@ -1,8 +1,11 @@
 """An interrupted or killed demo leaves nothing behind that the next run would skip."""
 
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 from dagster import DagsterInstance, DagsterRun, DagsterRunStatus, RunsFilter
@@ -35,15 +38,18 @@ def _batch_runs(paths: DataPaths) -> dict[str, list[DagsterRunStatus]]:
     return found
 
 
+def _interrupted(*args, **kwargs):
+    # Ctrl-C while a batch's silver is being validated.
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(30)  # the signal handler raises long before this ends
+
+
 def test_batches_an_interrupted_demo_left_are_ingested_by_the_next_run(landed, monkeypatch):
     paths, batches = landed
     real = validation.validate_batch
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt  # Ctrl-C while the first batch's silver is being validated
-
-    monkeypatch.setattr(validation, "validate_batch", interrupted)
-    with pytest.raises((KeyboardInterrupt, demo.DemoRunFailed)):
+    monkeypatch.setattr(validation, "validate_batch", _interrupted)
+    with pytest.raises(demo.DemoInterrupted):
         demo.run_demo(paths, on_step=lambda step: None)
     # Every batch is a partition already; only the first had a run, which did not finish.
     first = _batch_runs(paths)
@@ -112,3 +118,18 @@ def test_a_run_whose_process_was_killed_is_failed_and_its_batch_ingested_again(
     }
     # The failed run's batch is ingested again; the two still in flight are left to their runs.
     assert [k.get("partition_key") for job, k in calls if job == "batch_job"] == [batches[0]]
+
+
+def test_the_demo_command_says_it_was_interrupted_and_what_to_do(landed, monkeypatch, capsys):
+    from compositional_ai import cli
+
+    paths, batches = landed
+    monkeypatch.setenv(DATA_DIR_ENV, str(paths.root))
+    monkeypatch.setattr(validation, "validate_batch", _interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["demo"])
+    assert stopped.value.code == 130
+    said = capsys.readouterr().err
+    assert f"interrupted: batch_job [{batches[0]}] was interrupted (run " in said
+    assert "`make demo` again takes up what is left" in said
+    assert "Traceback" not in said
