@@ -25,11 +25,30 @@ PAGE = 1000
 COVERED_EVENT_TAG = "compositional_ai/inference_event_covered"
 
 
+# A retraining run in one of these states covers its events: it trained on them or will. A
+# failed or canceled one covers nothing.
+COVERING = [
+    DagsterRunStatus.SUCCESS,
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
+
+
 def covered_event(context: SensorEvaluationContext) -> int | None:
-    """The newest inference event that a retraining run already covers, from the cursor or runs."""
+    """The newest inference event that a retraining run already covers, from the cursor or runs.
+
+    Without a cursor (the demo, which evaluates the sensor afresh each time; a reset sensor),
+    only runs that succeeded or are under way count, so a retraining that was interrupted or
+    failed is requested again. With one, the daemon's sensor does not repeat a run that failed:
+    the next inference partition requests one that trains on everything, as every run does."""
     if context.cursor:
         return int(context.cursor)
-    runs = context.instance.get_runs(filters=RunsFilter(job_name=retraining_job.name), limit=20)
+    runs = context.instance.get_runs(
+        filters=RunsFilter(job_name=retraining_job.name, statuses=COVERING), limit=20
+    )
     covered = [int(run.tags[COVERED_EVENT_TAG]) for run in runs if COVERED_EVENT_TAG in run.tags]
     return max(covered) if covered else None
 

@@ -106,3 +106,34 @@ def test_a_waiting_run_of_another_job_does_not_hold_retraining_back(instance):
     _log_partitions(instance, "2026-01-12")
     requests, _ = _tick(instance, None)
     assert len(requests) == 1
+
+
+def _retraining_run(instance, tags: dict, status: DagsterRunStatus) -> None:
+    instance.add_run(
+        DagsterRun(job_name=retraining_job.name, run_id=make_new_run_id(), status=status, tags=tags)
+    )
+
+
+@pytest.mark.parametrize(
+    ("status", "requested_again"),
+    [
+        (DagsterRunStatus.SUCCESS, False),
+        (DagsterRunStatus.STARTED, False),
+        # Interrupted (Ctrl-C, or a killed process marked failed) or canceled: trained nothing.
+        (DagsterRunStatus.FAILURE, True),
+        (DagsterRunStatus.CANCELED, True),
+    ],
+)
+def test_without_a_cursor_only_a_run_that_trained_or_will_covers_its_data(
+    instance, status, requested_again
+):
+    _log_partitions(instance, "2026-01-12", "2026-01-19")
+    (first,), cursor = _tick(instance, None)
+    _retraining_run(instance, first.tags, status)
+
+    # The demo evaluates the sensor afresh each time: no cursor, only the runs.
+    again, _ = _tick(instance, None)
+
+    assert [r.tags[COVERED_EVENT_TAG] for r in again] == ([cursor] if requested_again else [])
+    # The daemon's sensor keeps its cursor and does not repeat a failed run by itself.
+    assert _tick(instance, cursor)[0] == []
