@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from compositional_ai.lib.pseudonym import MissingPseudonymKeyError
 from compositional_ai.settings import PSEUDONYM_KEY_ENV, DataPaths
@@ -28,7 +29,8 @@ def _landing(args: argparse.Namespace, paths: DataPaths) -> None:
     )
 
 
-def _init_home(_args: argparse.Namespace, paths: DataPaths) -> None:
+def _fail_orphaned_runs(paths: DataPaths) -> Path:
+    """Create DAGSTER_HOME if needed; mark failed, and name, the runs of killed processes."""
     from dagster import DagsterInstance
 
     from compositional_ai.demo import fail_orphaned_runs, init_dagster_home
@@ -38,7 +40,11 @@ def _init_home(_args: argparse.Namespace, paths: DataPaths) -> None:
     with DagsterInstance.get() as instance:
         for run_id in fail_orphaned_runs(instance):
             print(f"run {run_id} was left unfinished by a killed process: marked failed")
-    print(f"DAGSTER_HOME ready at {home}")
+    return home
+
+
+def _init_home(_args: argparse.Namespace, paths: DataPaths) -> None:
+    print(f"DAGSTER_HOME ready at {_fail_orphaned_runs(paths)}")
 
 
 def _summary(_args: argparse.Namespace, paths: DataPaths) -> None:
@@ -57,6 +63,7 @@ def _demo(args: argparse.Namespace, paths: DataPaths) -> None:
     from compositional_ai.landing.formats import READY_MARKER
 
     started = time.perf_counter()
+    _fail_orphaned_runs(paths)
     if not any(paths.batches.glob(f"*/{READY_MARKER}")):
         _landing(args, paths)
     else:
