@@ -1,9 +1,20 @@
 """The jobs that sensors and the demo run: ingest a batch, bootstrap, retrain, reference data."""
 
-from dagster import AssetSelection, define_asset_job
+from dagster import AssetSelection, DagsterRunStatus, define_asset_job
 
 INGEST_TAG = "compositional_ai/ingest"
 RETRAIN_TAG = "compositional_ai/retrain"
+
+# A run in one of these states did its work or is doing it; a failed or canceled one did not,
+# so what it was for is still to do (the sensors and the demo ask for it again).
+DONE_OR_UNDER_WAY = [
+    DagsterRunStatus.SUCCESS,
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
 
 REFERENCE_ASSETS = AssetSelection.assets(
     ["bronze", "product_catalog"],

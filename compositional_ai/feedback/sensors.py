@@ -13,7 +13,7 @@ from dagster import (
     sensor,
 )
 
-from compositional_ai.jobs import retraining_job
+from compositional_ai.jobs import DONE_OR_UNDER_WAY, retraining_job
 
 INFERENCE_LOGS = (
     AssetKey(["repair", "repair_inference_log"]),
@@ -23,18 +23,6 @@ PAGE = 1000
 # Every retraining run this sensor requests records the newest inference event it covers, so a
 # sensor whose cursor was lost or never set (a new instance, a reset) resumes from the runs.
 COVERED_EVENT_TAG = "compositional_ai/inference_event_covered"
-
-
-# A retraining run in one of these states covers its events: it trained on them or will. A
-# failed or canceled one covers nothing.
-COVERING = [
-    DagsterRunStatus.SUCCESS,
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
 
 
 def covered_event(context: SensorEvaluationContext) -> int | None:
@@ -47,7 +35,7 @@ def covered_event(context: SensorEvaluationContext) -> int | None:
     if context.cursor:
         return int(context.cursor)
     runs = context.instance.get_runs(
-        filters=RunsFilter(job_name=retraining_job.name, statuses=COVERING), limit=20
+        filters=RunsFilter(job_name=retraining_job.name, statuses=DONE_OR_UNDER_WAY), limit=20
     )
     covered = [int(run.tags[COVERED_EVENT_TAG]) for run in runs if COVERED_EVENT_TAG in run.tags]
     return max(covered) if covered else None

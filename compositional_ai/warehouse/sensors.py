@@ -5,7 +5,6 @@ from collections.abc import Iterable
 
 from dagster import (
     DagsterInstance,
-    DagsterRunStatus,
     DefaultSensorStatus,
     RunRequest,
     RunsFilter,
@@ -15,7 +14,7 @@ from dagster import (
     sensor,
 )
 
-from compositional_ai.jobs import batch_job
+from compositional_ai.jobs import DONE_OR_UNDER_WAY, batch_job
 from compositional_ai.resources.landing import LandingArea
 from compositional_ai.warehouse.landing_files import check_batch_key
 from compositional_ai.warehouse.partitions import landing_batches
@@ -27,15 +26,6 @@ def batch_run_key(batch: str) -> str:
 
 # The tag Dagster gives a run of one partition.
 PARTITION_NAME_TAG = "dagster/partition"
-# A batch with a run in one of these states is ingested, or will be by that run.
-SETTLED_OR_IN_FLIGHT = [
-    DagsterRunStatus.SUCCESS,
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
 
 
 def ingested_or_in_flight(instance: DagsterInstance, batches: Iterable[str]) -> set[str]:
@@ -49,7 +39,7 @@ def ingested_or_in_flight(instance: DagsterInstance, batches: Iterable[str]) -> 
     records = instance.get_run_records(
         filters=RunsFilter(
             job_name=batch_job.name,
-            statuses=SETTLED_OR_IN_FLIGHT,
+            statuses=DONE_OR_UNDER_WAY,
             tags={PARTITION_NAME_TAG: wanted},
         )
     )
