@@ -315,7 +315,8 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, DemoInterrupted) as error:
         # What was materialized stays; a batch whose run stopped is ingested by the next run.
         stopped = f": {error}" if str(error) else ""
-        print(f"\ninterrupted{stopped}; `make demo` again takes up what is left", file=sys.stderr)
+        again = "; `make demo` again takes up what is left" if args.command == "demo" else ""
+        print(f"\ninterrupted{stopped}{again}", file=sys.stderr)
         sys.exit(130)
     except DemoRunFailed as error:
         raise SystemExit(f"error: {error}") from None
