@@ -1131,7 +1131,16 @@ def _repeated(names) -> list[str]:
 
 
 async def single_valued_form(request: Request) -> None:
-    """Refuse a form that gives a field twice (which value would be meant is anyone's guess)."""
+    """Refuse a body that is not a multipart form (415), and a form that gives a field twice
+    (which value would be meant is anyone's guess)."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "multipart/form-data":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "an assessment is a multipart/form-data body (the photo as a file part), not "
+            + (media_type or "a body without a content type"),
+        )
     form = await request.form()
     repeated = _repeated(name for name, _ in form.multi_items())
     if repeated:

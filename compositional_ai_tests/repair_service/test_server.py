@@ -384,6 +384,25 @@ def test_a_form_field_given_twice_is_refused_and_logged(
     assert requests.filter(pl.col("client_request_id") == client_id).is_empty()
 
 
+@pytest.mark.parametrize(
+    ("body", "content_type", "named"),
+    [
+        (b'{"product_id": "P0001"}', "application/json", "not application/json"),
+        (b"product_id=P0001&name=Ann", "application/x-www-form-urlencoded", "not application/x"),
+        (b"P0001", "text/plain", "not text/plain"),
+    ],
+    ids=["json", "urlencoded", "text"],
+)
+def test_a_body_that_is_not_a_multipart_form_is_a_logged_415(running, body, content_type, named):
+    headers = {"Content-Type": content_type}
+    status, answer = _request("POST", f"{running.url}/v1/assessments", body, headers)
+    assert (status, answer["error"]["code"]) == (415, "unsupported_media_type"), answer
+    assert named in answer["error"]["message"]
+    log = _log(running.paths, served_log.ASSESSMENTS_STREAM, INFERENCE_LOG_SCHEMA)
+    (row,) = log.filter(pl.col("request_id") == answer["request_id"]).iter_rows(named=True)
+    assert row["status"] == "415" and row["error"].startswith("unsupported_media_type: ")
+
+
 def test_malformed_multipart_is_a_logged_400(running):
     body = b"--nope\r\nthis is not multipart at all"
     status, answer = _request(
