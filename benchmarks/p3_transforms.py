@@ -673,7 +673,7 @@ MAX_CAP_BYTES = 16 * 1024**3
 KEEP_FREE_BYTES = 4 * 1024**3
 # polars' jemalloc: one arena instead of one per thread (a freed batch's pages are reused by the
 # next batch whichever thread asks) and freed pages returned after a second instead of ten, so
-# one batch's memory does not stay behind beside the next one's: 408 -> 350 MiB peak at 1 M
+# one batch's memory does not stay behind beside the next one's: 399 -> 350 MiB peak at 1 M
 # rows. Returning them at once (dirty_decay_ms:0) kept 300 MiB but made every batch fault its
 # ~250 MiB in anew: 13 s of system time at 10 M rows, 16.7 s in all instead of 9.4 s.
 POLARS_ALLOCATOR = "narenas:1,dirty_decay_ms:1000,muzzy_decay_ms:0"
