@@ -1,5 +1,8 @@
 """P3's generator and its two implementations of bronze -> silver -> gold, on small data."""
 
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
 import polars as pl
 import pytest
 
@@ -171,3 +174,49 @@ def test_data_size_counts_the_first_batches(generated):
     two = p3.data_size(info, 2)
     assert two["rows"] == 8_000
     assert two["bytes_in_memory"] == sum(b["bytes_in_memory"] for b in info["batches"][:2])
+
+
+EDGE_STAMPS = [
+    "2026-01-06T10:00:00+01:00",  # no fraction
+    "2026-01-06T10:00:00.5+01:00",  # one digit: half a second
+    "2026-01-06T10:00:00.000001-08:00",
+    "2026-01-06T00:30:00.123456+05:45",  # the offset's minutes count
+    "2026-01-06T00:30:00-00:00",
+    "2026-01-01T00:00:00+14:00",  # back into the previous year
+    "2026-12-31T23:59:59.999999-12:00",  # on into the next year
+    "2024-02-29T12:00:00+00:00",  # a leap day
+    "2026-02-29T12:00:00+00:00",  # not one
+    "2026-01-06T24:00:00+00:00",
+    "2026-01-06T23:59:60+01:00",  # a leap second
+    "2026-01-06T10:00:00+23:59",
+    "2026-01-06T10:00:00+24:00",  # no such offset
+    "2026-01-06T10:00:00-14:60",
+    "2026-13-01T10:00:00+00:00",
+]
+
+
+def test_utc_instant_gives_the_instants_of_the_full_format_parse():
+    rng = np.random.default_rng(11)
+    seconds = rng.integers(0, 10 * 365 * 86400, 2_000)
+    fraction = [("." + f"{value:06d}"[: rng.integers(1, 7)]) * bool(value % 3) for value in seconds]
+    hours = rng.integers(-23, 24, seconds.size)
+    minutes = rng.integers(0, 60, seconds.size)
+    random = [
+        f"{(datetime(2020, 1, 1) + timedelta(seconds=int(s))):%Y-%m-%dT%H:%M:%S}{f}"
+        f"{'-' if h < 0 else '+'}{abs(h):02d}:{m:02d}"
+        for s, f, h, m in zip(seconds, fraction, hours, minutes, strict=True)
+    ]
+    stamps = pl.DataFrame({"stamp": EDGE_STAMPS + random})
+    assert stamps["stamp"].str.contains(p3.TIMESTAMP_PATTERN).all()
+    parsed = stamps.select(
+        fast=p3.utc_instant(pl.col("stamp")),
+        full=pl.col("stamp").str.to_datetime(
+            p3.TIMESTAMP_FORMAT, time_unit="us", time_zone="UTC", strict=False
+        ),
+    )
+    differ = parsed.with_columns(stamps["stamp"]).filter(pl.col("fast").ne_missing(pl.col("full")))
+    assert differ.is_empty(), differ
+    # The edge cases hold both kinds: instants, and stamps that name none.
+    edge = parsed.head(len(EDGE_STAMPS))
+    assert 0 < edge["full"].null_count() < len(EDGE_STAMPS)
+    assert parsed["fast"][3] == datetime(2026, 1, 5, 18, 45, 0, 123456, tzinfo=UTC)
