@@ -6,10 +6,13 @@ child's rusage and nothing else). A child reports what it measured inside as one
 prefixed with RESULT_PREFIX on stdout (`emit`).
 """
 
+import argparse
 import json
 import math
 import os
 import platform
+import resource
+import select
 import signal
 import subprocess
 import sys
@@ -247,8 +250,13 @@ def run_measured(
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
-            # wait4 reports this child's own rusage; ru_maxrss is in KiB on Linux.
-            _, status, usage = os.wait4(child.pid, 0)
+            status, usage = _wait_for(child.pid)
+        except BaseException:
+            # Interrupted or stopped while the child works: it goes too, before the folders
+            # it writes to are removed.
+            child.kill()
+            child.wait()
+            raise
         finally:
             done.set()
             watcher.join()
@@ -269,6 +277,32 @@ def run_measured(
     reports = [line for line in stdout.splitlines() if line.startswith(RESULT_PREFIX)]
     report = json.loads(reports[-1][len(RESULT_PREFIX) :]) if reports else {}
     return Measured(wall, usage.ru_maxrss * 1024, report, tail, usage.ru_utime + usage.ru_stime)
+
+
+def _wait_for(pid: int) -> tuple[int, "resource.struct_rusage"]:
+    """wait4 for a child: its exit status and its own rusage (ru_maxrss in KiB on Linux).
+
+    It waits in slices of at most 0.2 s, so that Ctrl-C or SIGTERM sent to this process alone
+    take effect at once: the kernel may hand the signal to another thread, and a main thread
+    blocked in one long wait4 would run the handler only when the child ends. A pidfd wakes
+    the wait the moment the child exits, so its wall time stays exact.
+    """
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    try:
+        while True:
+            if pidfd is None:
+                time.sleep(0.01)
+            else:
+                select.select([pidfd], [], [], 0.2)
+            waited, status, usage = os.wait4(pid, os.WNOHANG)
+            if waited:
+                return status, usage
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
 
 
 def emit(report: dict) -> None:
@@ -381,6 +415,51 @@ def print_result(result: Result) -> None:
         )
     for finding in result.findings:
         print(f"{result.key} finding: {finding}")
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not above zero")
+    return value
+
+
+def work_folder(text: str) -> Path:
+    """An argparse type: an existing folder this process can write in."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no folder")
+    folder = Path(text)
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not an existing folder")
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise argparse.ArgumentTypeError(f"cannot write in {text}: {error.strerror}") from None
+    return folder
+
+
+def _stop(signum: int, _frame) -> None:
+    print(f"benchmarks: stopped by {signal.Signals(signum).name}", file=sys.stderr, flush=True)
+    raise SystemExit(128 + signum)
+
+
+def run_cli(main: Callable[[], object]) -> None:
+    """Run a benchmark's command line: Ctrl-C or SIGTERM stop it cleanly, with one line.
+
+    SIGTERM becomes SystemExit, so the same clean-up runs as for Ctrl-C: measured children are
+    killed (`run_measured`), the repair service is stopped and temporary folders are removed.
+    """
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("benchmarks: interrupted; children stopped, temporary data removed", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def report_standalone(run: Callable[[], Result]) -> Result:

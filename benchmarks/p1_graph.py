@@ -40,8 +40,11 @@ from benchmarks.common import (
     emit,
     fsync_latency_ms,
     mib,
+    positive_int,
     report_standalone,
+    run_cli,
     run_measured,
+    work_folder,
 )
 
 MODULE = "benchmarks.p1_graph"
@@ -420,8 +423,10 @@ def main(argv: list[str] | None = None) -> None:
     """Run P1, or one of its workers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--training", choices=sorted(TRAINING), default="tiny")
-    parser.add_argument("--repeats", type=int, default=REPEATS)
-    parser.add_argument("--work", type=Path, default=None, help="folder for the data folders")
+    parser.add_argument("--repeats", type=positive_int, default=REPEATS)
+    parser.add_argument(
+        "--work", type=work_folder, default=None, help="an existing folder for the data folders"
+    )
     parser.add_argument("--landing", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--batches", type=int, default=DEMO_BATCHES, help=argparse.SUPPRESS)
     parser.add_argument("--graph", type=Path, help=argparse.SUPPRESS)
@@ -456,4 +461,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

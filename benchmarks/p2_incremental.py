@@ -31,8 +31,11 @@ from benchmarks.common import (
     bench_env,
     emit,
     fsync_latency_ms,
+    positive_int,
     report_standalone,
+    run_cli,
     run_measured,
+    work_folder,
 )
 from benchmarks.p1_graph import (
     TRAINING,
@@ -396,12 +399,16 @@ def result(full, before, incremental, batches, newest, training, landing_s) -> R
 def main(argv: list[str] | None = None) -> None:
     """Run P2, or one of its workers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batches", type=int, default=BATCHES)
+    parser.add_argument("--batches", type=positive_int, default=BATCHES)
     parser.add_argument("--training", choices=sorted(TRAINING), default="tiny")
-    parser.add_argument("--work", type=Path, default=None)
+    parser.add_argument(
+        "--work", type=work_folder, default=None, help="an existing folder for the data"
+    )
     parser.add_argument("--full", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--incremental", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.batches < 2:
+        parser.error("--batches must be at least 2: a history, and the new batch after it")
     if args.full:
         emit(full_worker(args.full, TRAINING[args.training]))
     elif args.incremental:
@@ -411,4 +418,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -46,9 +46,12 @@ from benchmarks.common import (
     bench_env,
     emit,
     mib,
+    positive_int,
     report_standalone,
+    run_cli,
     run_measured,
     self_rss_bytes,
+    work_folder,
     write_json,
 )
 from compositional_ai.repair_service.quotes import INSPECTION_FEE_USD, PARTS_SHARE_BY_LEVEL
@@ -744,7 +747,9 @@ def run(sizes: tuple[int, ...] = SIZES, *, work: Path | None = None, keep: bool 
     try:
         return _run(sizes, root)
     finally:
-        if not keep:
+        if keep:
+            print(f"P3 kept its generated data and outputs in {root}")
+        else:
             shutil.rmtree(root, ignore_errors=True)
 
 
@@ -975,13 +980,32 @@ def _result(sizes: tuple[int, ...], per_size: dict, generated) -> Result:
     )
 
 
+def row_counts(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated sizes, each a whole number of rows of one batch or more."""
+    sizes = tuple(positive_int(value.strip()) for value in text.split(",") if value.strip())
+    if not sizes:
+        raise argparse.ArgumentTypeError("name at least one size")
+    small = [size for size in sizes if size < BATCH_ROWS]
+    if small:
+        raise argparse.ArgumentTypeError(
+            f"{', '.join(f'{size:,}' for size in small)} rows is less than one batch "
+            f"({BATCH_ROWS:,} rows), the unit both sides work in"
+        )
+    return tuple(sorted(set(sizes)))
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run P3, or one of its workers."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--rows", default=",".join(str(s) for s in SIZES), help="sizes, comma separated"
+        "--rows",
+        type=row_counts,
+        default=SIZES,
+        help=f"sizes, comma separated, each at least one batch ({BATCH_ROWS:,} rows)",
     )
-    parser.add_argument("--work", type=Path, default=None, help="folder for the generated data")
+    parser.add_argument(
+        "--work", type=work_folder, default=None, help="an existing folder for the generated data"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument(
         "--worker", choices=[*sorted(IMPLEMENTATIONS), "profile"], help=argparse.SUPPRESS
@@ -996,12 +1020,11 @@ def main(argv: list[str] | None = None) -> None:
         _worker(args)
         return
     if args.generate:
-        args.rows = int(args.rows)
+        args.rows = max(args.rows)
         _generate(args)
         return
-    sizes = tuple(int(value) for value in args.rows.split(","))
-    report_standalone(lambda: run(sizes, work=args.work, keep=args.keep))
+    report_standalone(lambda: run(args.rows, work=args.work, keep=args.keep))
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

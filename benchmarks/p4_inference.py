@@ -22,7 +22,16 @@ import argparse
 import time
 from pathlib import Path
 
-from benchmarks.common import Figure, Goal, Result, emit, report_standalone, run_measured
+from benchmarks.common import (
+    Figure,
+    Goal,
+    Result,
+    emit,
+    positive_int,
+    report_standalone,
+    run_cli,
+    run_measured,
+)
 
 MODULE = "benchmarks.p4_inference"
 IMAGES = 1024
@@ -232,8 +241,8 @@ def run(count: int = IMAGES, repeats: int = REPEATS) -> Result:
 def main(argv: list[str] | None = None) -> None:
     """Run P4, or its worker."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=IMAGES)
-    parser.add_argument("--repeats", type=int, default=REPEATS)
+    parser.add_argument("--images", type=positive_int, default=IMAGES)
+    parser.add_argument("--repeats", type=positive_int, default=REPEATS)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
@@ -243,4 +252,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

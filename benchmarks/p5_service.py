@@ -42,7 +42,9 @@ from benchmarks.common import (
     bench_env,
     emit,
     percentile,
+    positive_int,
     report_standalone,
+    run_cli,
     run_measured,
 )
 
@@ -504,9 +506,9 @@ def _result(phases: dict, rows: dict, service: dict) -> Result:
 def main(argv: list[str] | None = None) -> None:
     """Run P5, or one of its workers (set-up, the service, the load)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=REQUESTS)
+    parser.add_argument("--requests", type=positive_int, default=REQUESTS)
     parser.add_argument("--paced", type=int, default=PACED_REQUESTS)
-    parser.add_argument("--photos", type=int, default=PHOTOS)
+    parser.add_argument("--photos", type=positive_int, default=PHOTOS)
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -523,4 +525,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(main)

@@ -1,15 +1,19 @@
 """`make bench`: every benchmark in turn, a closing table, and benchmarks/results/latest.json.
 
 Each benchmark measures in child processes of its own and prints one line per figure as it
-finishes. A benchmark that fails is reported as not measured, with its error, and the suite
-goes on. latest.json holds, for each of P1..P5, {value, unit, baseline, ratio} (ratio =
-value / baseline) and everything else the benchmark measured, plus the machine before and after.
+finishes. A benchmark that fails is reported as not measured, with its error, the suite goes
+on, and the command exits with 1 at the end (a missed goal is a finding, not a failure: exit 0).
+latest.json holds, for each of P1..P5, {value, unit, baseline, ratio} (ratio = value /
+baseline) and everything else the benchmark measured, plus the machine before and after. A
+run of some of them (--only) writes results/partial.json instead, so the last whole suite's
+figures stay in latest.json.
 
     python -m benchmarks.run                 # P1..P5
     python -m benchmarks.run --only P3,P4
 """
 
 import argparse
+import sys
 import time
 import traceback
 from collections.abc import Callable
@@ -17,6 +21,7 @@ from collections.abc import Callable
 from benchmarks import p1_graph, p2_incremental, p3_transforms, p4_inference, p5_service
 from benchmarks.common import (
     LATEST,
+    RESULTS_DIR,
     Figure,
     Goal,
     Result,
@@ -24,8 +29,11 @@ from benchmarks.common import (
     print_result,
     render_table,
     results_payload,
+    run_cli,
     write_json,
 )
+
+PARTIAL = RESULTS_DIR / "partial.json"
 
 BENCHMARKS: dict[str, tuple[str, Callable[[], Result]]] = {
     "P1": ("the whole graph vs a plain script", p1_graph.run),
@@ -48,15 +56,29 @@ def failed(key: str, title: str, error: BaseException) -> Result:
     )
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the chosen benchmarks and write latest.json."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", default=",".join(BENCHMARKS), help="e.g. P1,P3")
-    args = parser.parse_args(argv)
-    chosen = [key.strip().upper() for key in args.only.split(",") if key.strip()]
-    unknown = [key for key in chosen if key not in BENCHMARKS]
+def chosen_benchmarks(text: str) -> list[str]:
+    """An argparse type: benchmark keys, comma separated, each once, in the suite's order."""
+    named = {key.strip().upper() for key in text.split(",") if key.strip()}
+    if not named:
+        raise argparse.ArgumentTypeError(f"name at least one of {', '.join(BENCHMARKS)}")
+    unknown = sorted(named - set(BENCHMARKS))
     if unknown:
-        parser.error(f"unknown benchmarks {unknown}; choose from {list(BENCHMARKS)}")
+        raise argparse.ArgumentTypeError(
+            f"no benchmark {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}"
+        )
+    return [key for key in BENCHMARKS if key in named]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks and write their results; 1 when one of them failed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", type=chosen_benchmarks, default=list(BENCHMARKS), help="e.g. P1,P3"
+    )
+    args = parser.parse_args(argv)
+    chosen = args.only
+    target = LATEST if chosen == list(BENCHMARKS) else PARTIAL
+    failures = []
     started = machine()
     print(f"compositional-ai benchmarks on {started['cpus']} CPUs, load {started['load_average']}")
     results = []
@@ -68,14 +90,19 @@ def main(argv: list[str] | None = None) -> None:
             result = run()
         except Exception as error:
             result = failed(key, title, error)
+            failures.append(key)
         result.settings["benchmark_seconds"] = round(time.perf_counter() - began, 1)
         print_result(result)
         results.append(result)
         # Written after every benchmark, so a long suite that is stopped keeps what it measured.
-        write_json(LATEST, results_payload(results, started, machine()))
+        write_json(target, results_payload(results, started, machine()))
     print("\n" + render_table(results))
-    print(f"\nMachine-readable: {LATEST}")
+    print(f"\nMachine-readable: {target}")
+    if failures:
+        print(f"Not measured, they failed: {', '.join(failures)}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    run_cli(lambda: sys.exit(main()))

@@ -1,20 +1,31 @@
 """The benchmarks' shared parts: figures and ratios, goals, measured child processes, results."""
 
+import argparse
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
 from benchmarks.common import (
+    REPO,
     ChildFailed,
     Figure,
     Goal,
     MemoryCapExceeded,
     Result,
+    bench_env,
     format_number,
     percentile,
+    positive_int,
     render_table,
     results_payload,
     run_measured,
+    work_folder,
 )
 
 
@@ -136,3 +147,79 @@ def test_a_child_over_its_memory_cap_is_stopped():
     code = "import time\nblocks = [bytearray(512 * 1024 * 1024)]\ntime.sleep(30)\n"
     with pytest.raises(MemoryCapExceeded, match="RSS cap"):
         run_measured("selftest", code=code, rss_cap_bytes=200 * 1024 * 1024, timeout_s=60)
+
+
+def test_an_interrupted_wait_stops_the_child(tmp_path):
+    """Ctrl-C or SIGTERM in the parent while a measured child works: the child goes too."""
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import os, pathlib, time\n"
+        f"pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid()))\n"
+        "time.sleep(60)\n"
+    )
+
+    def interrupt_once_started():
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    started = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        run_measured("selftest", code=code, timeout_s=120)
+    assert time.monotonic() - started < 30
+    child = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("0", "not above zero"), ("-5", "not above zero"), ("abc", "not a whole number")],
+)
+def test_counts_must_be_whole_numbers_above_zero(text, problem):
+    with pytest.raises(argparse.ArgumentTypeError, match=problem):
+        positive_int(text)
+    assert positive_int("12") == 12
+
+
+def test_a_work_folder_must_exist_and_take_files(tmp_path):
+    assert work_folder(str(tmp_path)) == tmp_path
+    with pytest.raises(argparse.ArgumentTypeError, match="not an existing folder"):
+        work_folder(str(tmp_path / "missing"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(argparse.ArgumentTypeError, match="not an existing folder"):
+        work_folder(str(tmp_path / "file"))
+    with pytest.raises(argparse.ArgumentTypeError, match="empty path"):
+        work_folder("")
+
+
+def test_sigterm_stops_a_benchmark_command_with_one_line(tmp_path):
+    """A stopped command runs its clean-up (here: a finally block) and says so in one line."""
+    marker = tmp_path / "cleaned"
+    code = (
+        "import os, pathlib, signal, time\n"
+        "from benchmarks.common import run_cli\n"
+        "def main():\n"
+        "    try:\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        f"        pathlib.Path({str(marker)!r}).write_text('yes')\n"
+        "run_cli(main)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env=bench_env(),
+    )
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=30)
+    assert child.returncode == 128 + signal.SIGTERM
+    assert marker.read_text() == "yes"
+    assert err.strip() == "benchmarks: stopped by SIGTERM"

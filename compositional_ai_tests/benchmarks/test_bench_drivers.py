@@ -1,12 +1,13 @@
 """How P1, P2, P4, P5 and the suite turn measurements into figures, goals and findings."""
 
+import argparse
 import cProfile
 import pstats
 import sqlite3
 
 import pytest
 
-from benchmarks import p1_graph, p2_incremental, p4_inference, p5_service, run
+from benchmarks import p1_graph, p2_incremental, p3_transforms, p4_inference, p5_service, run
 from compositional_ai.repair_service.vision_models import VisionTrainingConfig
 from compositional_ai.vision.images import STORED_IMAGE_SIZE
 
@@ -176,3 +177,44 @@ def test_a_benchmark_that_fails_is_reported_not_measured():
     assert result.met is None
     assert "last line" in result.headline.note
     assert set(run.BENCHMARKS) == {"P1", "P2", "P3", "P4", "P5"}
+
+
+@pytest.mark.parametrize(
+    ("text", "chosen"),
+    [("P3,p1", ["P1", "P3"]), ("P4,P4", ["P4"]), (" P2 , ", ["P2"])],
+)
+def test_only_names_each_benchmark_once_in_the_suites_order(text, chosen):
+    assert run.chosen_benchmarks(text) == chosen
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("", "name at least one"), (",", "name at least one"), ("P9", "no benchmark P9")],
+)
+def test_only_refuses_what_names_no_benchmark(text, problem):
+    with pytest.raises(argparse.ArgumentTypeError, match=problem):
+        run.chosen_benchmarks(text)
+
+
+def test_a_suite_with_a_failed_benchmark_exits_1_and_a_partial_run_keeps_latest(
+    monkeypatch, tmp_path, capsys
+):
+    def boom():
+        raise RuntimeError("no data")
+
+    monkeypatch.setitem(run.BENCHMARKS, "P4", ("batch CV inference", boom))
+    monkeypatch.setattr(run, "LATEST", tmp_path / "latest.json")
+    monkeypatch.setattr(run, "PARTIAL", tmp_path / "partial.json")
+    assert run.main(["--only", "P4"]) == 1
+    assert (tmp_path / "partial.json").exists() and not (tmp_path / "latest.json").exists()
+    assert "Not measured, they failed: P4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("0", "not above zero"), ("1000,abc", "not a whole number"), ("1000", "less than one batch")],
+)
+def test_p3_sizes_are_whole_batches(text, problem):
+    with pytest.raises(argparse.ArgumentTypeError, match=problem):
+        p3_transforms.row_counts(text)
+    assert p3_transforms.row_counts("10000000,1000000,1000000") == (1_000_000, 10_000_000)
