@@ -32,6 +32,8 @@ RESULTS_DIR = REPO / "benchmarks" / "results"
 LATEST = RESULTS_DIR / "latest.json"
 RESULT_PREFIX = "BENCH-RESULT "
 LOW_MEMORY_BYTES = int(1.5 * 1024**3)
+# How long a stopped child may take to clean up after itself before it is killed.
+CHILD_STOP_S = 10.0
 # The demo's public pseudonym key (the Makefile's default), for runs that do not set one.
 DEMO_PSEUDONYM_KEY = "demo-only-not-a-secret"
 TELEMETRY_OFF = {
@@ -250,12 +252,12 @@ def run_measured(
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
-            status, usage = _wait_for(child.pid)
+            status, usage = wait_for(child.pid)
         except BaseException:
             # Interrupted or stopped while the child works: it goes too, before the folders
-            # it writes to are removed.
-            child.kill()
-            child.wait()
+            # it writes to are removed, and removes its own first (SIGTERM; SIGKILL if it
+            # has not ended within CHILD_STOP_S).
+            stop_child(child)
             raise
         finally:
             done.set()
@@ -279,7 +281,24 @@ def run_measured(
     return Measured(wall, usage.ru_maxrss * 1024, report, tail, usage.ru_utime + usage.ru_stime)
 
 
-def _wait_for(pid: int) -> tuple[int, "resource.struct_rusage"]:
+def stop_child(child: subprocess.Popen, signum: int = signal.SIGTERM) -> None:
+    """Stop a child and reap it: `signum` first, SIGKILL if it is still there after
+    CHILD_STOP_S. A further Ctrl-C or SIGTERM meanwhile does not cut the wait short."""
+    if child.poll() is None:
+        child.send_signal(signum)
+    deadline = time.monotonic() + CHILD_STOP_S
+    while True:
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return
+        except subprocess.TimeoutExpired:
+            child.kill()
+            deadline = math.inf
+        except (KeyboardInterrupt, SystemExit):
+            continue
+
+
+def wait_for(pid: int) -> tuple[int, "resource.struct_rusage"]:
     """wait4 for a child: its exit status and its own rusage (ru_maxrss in KiB on Linux).
 
     It waits in slices of at most 0.2 s, so that Ctrl-C or SIGTERM sent to this process alone
@@ -426,6 +445,11 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not above zero")
     return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number, zero or above."""
+    return 0 if text.strip() == "0" else positive_int(text)
 
 
 def work_folder(text: str) -> Path:

@@ -981,15 +981,16 @@ def _result(sizes: tuple[int, ...], per_size: dict, generated) -> Result:
 
 
 def row_counts(text: str) -> tuple[int, ...]:
-    """An argparse type: comma-separated sizes, each a whole number of rows of one batch or more."""
+    """An argparse type: comma-separated sizes, each a whole number of batches' rows."""
     sizes = tuple(positive_int(value.strip()) for value in text.split(",") if value.strip())
     if not sizes:
         raise argparse.ArgumentTypeError("name at least one size")
-    small = [size for size in sizes if size < BATCH_ROWS]
-    if small:
+    # Each size reads the first batches of one generated log, so it must end on a batch.
+    uneven = [size for size in sizes if size % BATCH_ROWS]
+    if uneven:
         raise argparse.ArgumentTypeError(
-            f"{', '.join(f'{size:,}' for size in small)} rows is less than one batch "
-            f"({BATCH_ROWS:,} rows), the unit both sides work in"
+            f"{', '.join(f'{size:,}' for size in uneven)} rows is not a whole number of batches "
+            f"({BATCH_ROWS:,} rows each), the unit both sides work in"
         )
     return tuple(sorted(set(sizes)))
 

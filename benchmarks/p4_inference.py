@@ -114,7 +114,7 @@ def measure(count: int, repeats: int = REPEATS, threads: int = THREADS) -> dict:
                 parts.append(torch.softmax(logits.double(), dim=1))
         return torch.cat(parts).numpy()
 
-    with tempfile.TemporaryDirectory(prefix="p4-") as folder:
+    with tempfile.TemporaryDirectory(prefix="cai-bench-p4-") as folder:
         warehouse = Warehouse(path=str(Path(folder) / "warehouse.duckdb"))
         with warehouse.connect("P4 set-up") as con:
             con.execute("create schema silver")

@@ -41,11 +41,14 @@ from benchmarks.common import (
     Result,
     bench_env,
     emit,
+    non_negative_int,
     percentile,
     positive_int,
     report_standalone,
     run_cli,
     run_measured,
+    stop_child,
+    wait_for,
 )
 
 MODULE = "benchmarks.p5_service"
@@ -365,11 +368,15 @@ def _run(root: Path, requests: int, paced: int, photos: int) -> Result:
             startup_s = wait_healthy(url, service, STARTUP_TIMEOUT_S)
             args = ["--load", str(port), "--requests", str(requests), "--paced", str(paced)]
             load = run_measured(MODULE, [*args, "--photos", str(photos)], env=env, timeout_s=3600)
-        finally:
-            if service.poll() is None:
-                service.send_signal(signal.SIGINT)
-            _, status, usage = os.wait4(service.pid, 0)
-            service.returncode = os.waitstatus_to_exitcode(status)
+            # SIGINT: the service closes its log segments, which are read back below.
+            service.send_signal(signal.SIGINT)
+            status, usage = wait_for(service.pid)
+        except BaseException:
+            # Stopped or failed on the way: the service ends, and is reaped, before its data
+            # folder is removed.
+            stop_child(service, signal.SIGINT)
+            raise
+        service.returncode = os.waitstatus_to_exitcode(status)
         server_err.seek(0)
         server_tail = server_err.read().decode("utf-8", "replace")[-2000:]
     rows = served_rows(root)
@@ -507,7 +514,9 @@ def main(argv: list[str] | None = None) -> None:
     """Run P5, or one of its workers (set-up, the service, the load)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=positive_int, default=REQUESTS)
-    parser.add_argument("--paced", type=int, default=PACED_REQUESTS)
+    parser.add_argument(
+        "--paced", type=non_negative_int, default=PACED_REQUESTS, help="0 skips the paced load"
+    )
     parser.add_argument("--photos", type=positive_int, default=PHOTOS)
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)

@@ -4,9 +4,10 @@ Each benchmark measures in child processes of its own and prints one line per fi
 finishes. A benchmark that fails is reported as not measured, with its error, the suite goes
 on, and the command exits with 1 at the end (a missed goal is a finding, not a failure: exit 0).
 latest.json holds, for each of P1..P5, {value, unit, baseline, ratio} (ratio = value /
-baseline) and everything else the benchmark measured, plus the machine before and after. A
-run of some of them (--only) writes results/partial.json instead, so the last whole suite's
-figures stay in latest.json.
+baseline) and everything else the benchmark measured, plus the machine before and after. The
+figures so far go to results/partial.json after every benchmark, and to latest.json only when
+the whole suite has run, so a run of some of them (--only), or a suite that was stopped, leaves
+the last whole suite's figures in latest.json.
 
     python -m benchmarks.run                 # P1..P5
     python -m benchmarks.run --only P3,P4
@@ -77,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     chosen = args.only
-    target = LATEST if chosen == list(BENCHMARKS) else PARTIAL
     failures = []
     started = machine()
     print(f"compositional-ai benchmarks on {started['cpus']} CPUs, load {started['load_average']}")
@@ -94,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         result.settings["benchmark_seconds"] = round(time.perf_counter() - began, 1)
         print_result(result)
         results.append(result)
-        # Written after every benchmark, so a long suite that is stopped keeps what it measured.
-        write_json(target, results_payload(results, started, machine()))
+        # After every benchmark, so a long suite that is stopped keeps what it measured.
+        write_json(PARTIAL, results_payload(results, started, machine()))
+    target = PARTIAL
+    if chosen == list(BENCHMARKS):
+        target = LATEST
+        PARTIAL.replace(LATEST)
     print("\n" + render_table(results))
     print(f"\nMachine-readable: {target}")
     if failures:

@@ -2,12 +2,14 @@
 
 import argparse
 import cProfile
+import json
 import pstats
 import sqlite3
 
 import pytest
 
 from benchmarks import p1_graph, p2_incremental, p3_transforms, p4_inference, p5_service, run
+from benchmarks.common import Figure, Result
 from compositional_ai.repair_service.vision_models import VisionTrainingConfig
 from compositional_ai.vision.images import STORED_IMAGE_SIZE
 
@@ -212,9 +214,47 @@ def test_a_suite_with_a_failed_benchmark_exits_1_and_a_partial_run_keeps_latest(
 
 @pytest.mark.parametrize(
     ("text", "problem"),
-    [("0", "not above zero"), ("1000,abc", "not a whole number"), ("1000", "less than one batch")],
+    [
+        ("0", "not above zero"),
+        ("1000,abc", "not a whole number"),
+        ("1000", "not a whole number of batches"),
+        ("1000000,300000", "300,000 rows is not a whole number of batches"),
+    ],
 )
 def test_p3_sizes_are_whole_batches(text, problem):
     with pytest.raises(argparse.ArgumentTypeError, match=problem):
         p3_transforms.row_counts(text)
     assert p3_transforms.row_counts("10000000,1000000,1000000") == (1_000_000, 10_000_000)
+
+
+def _quick_suite(monkeypatch, tmp_path, interrupt_at=None):
+    def fake(key):
+        def measure():
+            if key == interrupt_at:
+                raise KeyboardInterrupt
+            return Result(key, "fake", Figure("time", 2.0, "s", 4.0, "baseline"))
+
+        return measure
+
+    for key, (title, _) in list(run.BENCHMARKS.items()):
+        monkeypatch.setitem(run.BENCHMARKS, key, (title, fake(key)))
+    monkeypatch.setattr(run, "LATEST", tmp_path / "latest.json")
+    monkeypatch.setattr(run, "PARTIAL", tmp_path / "partial.json")
+    (tmp_path / "latest.json").write_text('{"from": "the last whole suite"}')
+
+
+def test_only_a_whole_suite_replaces_latest(monkeypatch, tmp_path):
+    _quick_suite(monkeypatch, tmp_path)
+    assert run.main([]) == 0
+    latest = json.loads((tmp_path / "latest.json").read_text())
+    assert set(latest) == {*run.BENCHMARKS, "machine"}
+    assert latest["P3"]["ratio"] == 0.5
+    assert not (tmp_path / "partial.json").exists()
+
+
+def test_a_stopped_suite_leaves_latest_and_keeps_what_it_measured(monkeypatch, tmp_path):
+    _quick_suite(monkeypatch, tmp_path, interrupt_at="P3")
+    with pytest.raises(KeyboardInterrupt):
+        run.main([])
+    assert json.loads((tmp_path / "latest.json").read_text()) == {"from": "the last whole suite"}
+    assert set(json.loads((tmp_path / "partial.json").read_text())) == {"P1", "P2", "machine"}
