@@ -476,7 +476,8 @@ def run_cli(main: Callable[[], object]) -> None:
     """Run a benchmark's command line: Ctrl-C or SIGTERM stop it cleanly, with one line.
 
     SIGTERM becomes SystemExit, so the same clean-up runs as for Ctrl-C: measured children are
-    killed (`run_measured`), the repair service is stopped and temporary folders are removed.
+    stopped and reaped (`stop_child`: each removes its own folders first), the repair service
+    too, and then the temporary folders are removed.
     """
     signal.signal(signal.SIGTERM, _stop)
     try:
