@@ -436,12 +436,16 @@ def print_result(result: Result) -> None:
         print(f"{result.key} finding: {finding}")
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: a whole number above zero."""
+def _whole_number(text: str) -> int:
     try:
-        value = int(text)
+        return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    value = _whole_number(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{value} is not above zero")
     return value
@@ -449,7 +453,10 @@ def positive_int(text: str) -> int:
 
 def non_negative_int(text: str) -> int:
     """An argparse type: a whole number, zero or above."""
-    return 0 if text.strip() == "0" else positive_int(text)
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is below zero")
+    return value
 
 
 def work_folder(text: str) -> Path:

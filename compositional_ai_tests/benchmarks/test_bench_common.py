@@ -20,6 +20,7 @@ from benchmarks.common import (
     Result,
     bench_env,
     format_number,
+    non_negative_int,
     percentile,
     positive_int,
     render_table,
@@ -182,6 +183,15 @@ def test_counts_must_be_whole_numbers_above_zero(text, problem):
     with pytest.raises(argparse.ArgumentTypeError, match=problem):
         positive_int(text)
     assert positive_int("12") == 12
+
+
+def test_a_count_that_may_be_zero_must_not_be_below_it():
+    assert non_negative_int("0") == non_negative_int("00") == 0
+    assert non_negative_int("7") == 7
+    with pytest.raises(argparse.ArgumentTypeError, match="below zero"):
+        non_negative_int("-1")
+    with pytest.raises(argparse.ArgumentTypeError, match="not a whole number"):
+        non_negative_int("x")
 
 
 def test_a_work_folder_must_exist_and_take_files(tmp_path):

@@ -201,12 +201,12 @@ def test_utc_instant_gives_the_instants_of_the_full_format_parse():
     fraction = [("." + f"{value:06d}"[: rng.integers(1, 7)]) * bool(value % 3) for value in seconds]
     hours = rng.integers(-23, 24, seconds.size)
     minutes = rng.integers(0, 60, seconds.size)
-    random = [
+    seeded = [
         f"{(datetime(2020, 1, 1) + timedelta(seconds=int(s))):%Y-%m-%dT%H:%M:%S}{f}"
         f"{'-' if h < 0 else '+'}{abs(h):02d}:{m:02d}"
         for s, f, h, m in zip(seconds, fraction, hours, minutes, strict=True)
     ]
-    stamps = pl.DataFrame({"stamp": EDGE_STAMPS + random})
+    stamps = pl.DataFrame({"stamp": EDGE_STAMPS + seeded})
     assert stamps["stamp"].str.contains(p3.TIMESTAMP_PATTERN).all()
     parsed = stamps.select(
         fast=p3.utc_instant(pl.col("stamp")),
