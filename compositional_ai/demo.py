@@ -22,7 +22,6 @@ from dagster import (
 
 from compositional_ai.definitions import build_definitions
 from compositional_ai.feedback.sensors import inference_partition_sensor
-from compositional_ai.lib.tables import hold_warehouse
 from compositional_ai.repair_service.assets import REPAIR_MODEL
 from compositional_ai.resources.model_registry import CHAMPION
 from compositional_ai.settings import DataPaths
@@ -200,21 +199,19 @@ def run_demo(
     ops = training_run_config or {}
 
     step(REFERENCE_STEP)
-    with _ingesting(paths, "reference_job"):
-        execute_job(defs, instance, "reference_job")
+    execute_job(defs, instance, "reference_job")
 
     batch_requests = _sensor_requests(landing_batch_sensor, instance, defs)
     registry = defs.resources["model_registry"]
     for request in sorted(batch_requests, key=lambda r: r.partition_key):
         step(f"landing batch {request.partition_key}")
-        with _ingesting(paths, f"batch_job [{request.partition_key}]"):
-            execute_job(
-                defs,
-                instance,
-                "batch_job",
-                partition_key=request.partition_key,
-                tags=dict(request.tags),
-            )
+        execute_job(
+            defs,
+            instance,
+            "batch_job",
+            partition_key=request.partition_key,
+            tags=dict(request.tags),
+        )
         if not registry.has_alias(REPAIR_MODEL, CHAMPION):
             step("seed repair model from the workshop archive")
             execute_job(
@@ -234,17 +231,6 @@ def run_demo(
             run_config=ops_config(ops, RETRAINING_MODEL_OPS),
         )
     return steps
-
-
-def _ingesting(paths: DataPaths, label: str):
-    """The warehouse held open for one ingestion run of the demo.
-
-    An ingestion run is many short reads and writes (about 50 for a batch), each of which would
-    otherwise open and close the DuckDB file; the run takes seconds, so other processes wait
-    that long at most. Training runs open the file per access as usual, since they compute for
-    minutes between accesses.
-    """
-    return hold_warehouse(paths.warehouse, purpose=f"demo run {label}")
 
 
 def ops_config(training: dict, op_names: list[str] = RETRAINING_MODEL_OPS) -> dict:

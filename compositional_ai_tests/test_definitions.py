@@ -66,3 +66,24 @@ def test_the_graph_is_the_one_the_module_exposes():
         "inference_partition_sensor",
         "served_log_sensor",
     }
+
+
+# Which jobs run their steps in one process and keep the warehouse open for the whole run:
+# ingestion (short steps), and not training (minutes of compute between warehouse accesses).
+RUN_SHAPE = {
+    "reference_job": ("in_process", True),
+    "batch_job": ("in_process", True),
+    "seed_model_job": ("in_process", False),
+    "retraining_job": ("multiprocess", False),
+    "loop_replay_job": ("multiprocess", False),
+}
+
+
+@pytest.mark.parametrize("job_name", sorted(RUN_SHAPE))
+def test_only_ingestion_runs_hold_the_warehouse(tmp_path, job_name):
+    from compositional_ai.resources.warehouse import HOLD_FOR_RUN, HOLD_TAG
+
+    job = build_definitions(DataPaths(tmp_path)).resolve_job_def(job_name)
+    executor, held = RUN_SHAPE[job_name]
+    assert job.executor_def.name == executor
+    assert (job.tags.get(HOLD_TAG) == HOLD_FOR_RUN) is held

@@ -1,10 +1,12 @@
-"""A real multiprocess backfill beside the webserver and the daemon.
+"""A real backfill beside the webserver, the daemon and a multiprocess run.
 
 Every landing batch of `batch_job` is backfilled through the webserver's GraphQL API while the
-daemon's sensors tick and this process keeps reading the warehouse. Runs, their step processes,
-the sensors and the reader all reach the one DuckDB file, so this is where the inter-process lock
-proves itself: no run may fail, no step may fail, no event may mention a lock error, and the
-warehouse must hold what a one-batch-at-a-time ingestion of the same files holds.
+daemon's sensors tick, a run of the gold tables executes its steps in parallel processes, and
+this process keeps reading the warehouse. Ingestion runs keep the file open for their whole
+length; the gold steps, the sensors and the reader each open it briefly. All of them reach the
+one DuckDB file, so this is where the inter-process lock proves itself: no run may fail, no step
+may fail, no event may mention a lock error, and the warehouse must hold what a
+one-batch-at-a-time ingestion of the same files holds.
 """
 
 import json
@@ -45,7 +47,6 @@ logger = logging.getLogger(__name__)
 DEFINITIONS_MODULE = "compositional_ai.definitions"
 TINY_TRAINING = {"image_size": 32, "epochs": 2, "batch_size": 16, "patience": 2, "width": 8}
 # Three batches are enough for the race that matters: the third confirms the second's requests.
-# Every step of a run starts its own process, so each batch costs a minute or more of CPU.
 BATCHES = 3
 SERVER_START_S = 180
 BACKFILL_S = 480
@@ -82,6 +83,27 @@ mutation($params: LaunchBackfillParams!) {
   }
 }
 """
+LAUNCH_RUN = """
+mutation($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on PythonError { message stack }
+    ... on InvalidSubsetError { message }
+  }
+}
+"""
+# Gold tables that read only silver and the inference log (no model): launched during the
+# backfill as an ad-hoc run of the implicit asset job, whose executor (the definitions'
+# multiprocess one) runs two of its steps at a time, each in a process of its own.
+PARALLEL_GOLD = (
+    ["gold", "confirmed_labels"],
+    ["gold", "customer_holdings"],
+    ["gold", "repair_volume_weekly"],
+    ["gold", "damage_level_distribution"],
+    ["gold", "defect_rate_by_cell_type"],
+    ["gold", "quarantine_summary"],
+)
 SET_CURSOR = """
 mutation($selector: SensorSelector!, $cursor: String) {
   setSensorCursor(sensorSelector: $selector, cursor: $cursor) {
@@ -265,6 +287,7 @@ class Scenario:
     batches: tuple[str, ...]
     instance: dg.DagsterInstance
     backfill_id: str
+    gold_run_id: str
     seconds: float
     reader: Reader
     first_batch_requests: int
@@ -400,6 +423,20 @@ def scenario(tmp_path_factory) -> Scenario:
                 },
             )["launchPartitionBackfill"]
             assert launched["__typename"] == "LaunchBackfillSuccess", launched
+            gold = graphql(
+                servers.port,
+                LAUNCH_RUN,
+                {
+                    "params": {
+                        "selector": repo
+                        | {
+                            "jobName": "__ASSET_JOB",
+                            "assetSelection": [{"path": key} for key in PARALLEL_GOLD],
+                        }
+                    }
+                },
+            )["launchRun"]
+            assert gold["__typename"] == "LaunchRunSuccess", gold
             wait_for_backfill(instance, launched["backfillId"], servers)
             seconds = time.monotonic() - started
         finally:
@@ -419,6 +456,7 @@ def scenario(tmp_path_factory) -> Scenario:
             batches=landing.batches,
             instance=instance,
             backfill_id=launched["backfillId"],
+            gold_run_id=gold["run"]["runId"],
             seconds=seconds,
             reader=reader,
             first_batch_requests=int(first_batch_requests),
@@ -511,6 +549,33 @@ def test_every_step_of_every_backfill_run_succeeded(scenario):
         sum(len(keys) for keys in step_keys.values()),
         scenario.seconds,
     )
+
+
+def test_the_gold_run_ran_its_steps_side_by_side_in_processes_of_their_own(scenario):
+    instance = scenario.instance
+    run = instance.get_run_by_id(scenario.gold_run_id)
+    assert run.status == dg.DagsterRunStatus.SUCCESS
+    starts = [
+        record
+        for record in instance.all_logs(run.run_id)
+        if record.dagster_event and record.dagster_event.is_step_start
+    ]
+    assert len(starts) == len(PARALLEL_GOLD)
+    pids = {record.dagster_event.pid for record in starts}
+    assert len(pids) == len(PARALLEL_GOLD)
+    assert os.getpid() not in pids
+    # Sorted by start, two steps overlapped if one started before the step before it ended.
+    spans = sorted(
+        (stats.start_time, stats.end_time) for stats in instance.get_run_step_stats(run.run_id)
+    )
+    assert any(later[0] < earlier[1] for earlier, later in zip(spans, spans[1:], strict=False))
+    records = instance.get_records_for_run(
+        run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+    ).records
+    materialized = {
+        tuple(record.event_log_entry.dagster_event.asset_key.path) for record in records
+    }
+    assert materialized == {tuple(key) for key in PARALLEL_GOLD}
 
 
 def test_silver_rows_per_batch_are_the_landed_rows_minus_quarantine(scenario):

@@ -1,6 +1,7 @@
 import datetime as dt
 import json
 import logging
+import os
 import subprocess
 import sys
 import threading
@@ -20,6 +21,8 @@ from compositional_ai.lib.locking import (
 from compositional_ai.resources import Warehouse, WarehouseIOManager
 from compositional_ai.resources.warehouse import (
     EMPTY_IS_NORMAL_KEY,
+    HOLD_FOR_RUN,
+    HOLD_TAG,
     PARTITION_ROWS_KEY,
     PREVIEW_KEY,
     TABLE_ROWS_KEY,
@@ -508,3 +511,64 @@ def test_partition_column_of(metadata, expected):
 def test_partition_row_counts_include_empty_partitions():
     frame = pl.DataFrame({"batch": ["b1", "b1", "b3"]})
     assert partition_row_counts(frame, "batch", ["b1", "b2", "b3"]) == {"b1": 2, "b2": 0, "b3": 1}
+
+
+def test_a_run_tagged_to_hold_keeps_the_warehouse_from_start_to_end(database, io_manager, instance):
+    observed: dict[str, object] = {}
+
+    @dg.asset(key_prefix=["gold"])
+    def first() -> pl.DataFrame:
+        return pl.DataFrame({"a": [1, 2]})
+
+    @dg.asset(key_prefix=["gold"])
+    def second(context: dg.AssetExecutionContext, first: pl.DataFrame) -> pl.DataFrame:
+        observed["run_id"] = context.run.run_id
+        observed["holder"] = read_holder(lock_path_for(database))
+        observed["free"] = _free_in_other_thread(database)
+        return first.with_columns(b=pl.col("a") * 10)
+
+    result = run([first, second], io_manager, instance, tags={HOLD_TAG: HOLD_FOR_RUN})
+
+    assert result.success
+    holder = observed["holder"]
+    assert holder is not None and holder.pid == os.getpid()
+    assert holder.purpose == f"__ephemeral_asset_job__ run {observed['run_id']}"
+    # Held while the asset computed, so no other thread could take it; given back at the end.
+    assert observed["free"] is False
+    assert read_holder(lock_path_for(database)) is None
+    assert _free_in_other_thread(database)
+    assert sql(database, "select a, b from gold.second order by a") == [(1, 10), (2, 20)]
+
+
+def test_the_warehouse_resource_alone_holds_for_a_tagged_run(database, instance, tmp_path):
+    observed: dict[str, object] = {}
+
+    @dg.asset
+    def reader(warehouse: Warehouse) -> int:
+        observed["answer"] = warehouse.query("select 7 as x")["x"][0]
+        observed["free"] = _free_in_other_thread(database)
+        return 1
+
+    resources = {
+        "warehouse": Warehouse(path=str(database), lock_timeout_s=10),
+        "io_manager": dg.FilesystemIOManager(base_dir=str(tmp_path / "outputs")),
+    }
+    for tags, free in (({HOLD_TAG: HOLD_FOR_RUN}, False), ({HOLD_TAG: "no"}, True), ({}, True)):
+        observed.clear()
+        assert dg.materialize([reader], instance=instance, resources=resources, tags=tags).success
+        assert observed == {"answer": 7, "free": free}, tags
+        assert _free_in_other_thread(database)
+
+
+def test_a_held_run_that_fails_gives_the_warehouse_back(database, io_manager, instance):
+    @dg.asset(key_prefix=["gold"])
+    def broken() -> pl.DataFrame:
+        raise RuntimeError("the asset broke")
+
+    result = run(
+        [broken], io_manager, instance, tags={HOLD_TAG: HOLD_FOR_RUN}, raise_on_error=False
+    )
+
+    assert "the asset broke" in failure_text(result)
+    assert read_holder(lock_path_for(database)) is None
+    assert _free_in_other_thread(database)
