@@ -83,18 +83,6 @@ def full_worker(root: Path, training: dict) -> dict:
     return {**graph_worker(root, training), "models": newest_model_metrics(root)}
 
 
-def _run_requests(sensor, instance, defs) -> list:
-    """Evaluate a sensor once, apply its partition requests, return its run requests."""
-    from dagster import build_sensor_context
-
-    result = sensor(build_sensor_context(instance=instance, resources=defs.resources or {}))
-    if result is None or not hasattr(result, "run_requests"):
-        return []
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return list(result.run_requests or [])
-
-
 def _execute(defs, instance, job: str, *, partition_key=None, tags=None, run_config=None):
     """Run a job in process; the asset keys it materialized and its seconds per step."""
     result = defs.resolve_job_def(job).execute_in_process(
@@ -135,6 +123,7 @@ def incremental_worker(root: Path, training: dict) -> dict:
 
     from benchmarks.common import self_rss_bytes
     from compositional_ai.definitions import build_definitions
+    from compositional_ai.demo import sensor_requests
     from compositional_ai.feedback.sensors import inference_partition_sensor
     from compositional_ai.jobs import BATCH_ASSETS, REFERENCE_ASSETS, RETRAINING_ASSETS
     from compositional_ai.settings import DataPaths
@@ -147,7 +136,7 @@ def incremental_worker(root: Path, training: dict) -> dict:
     started = time.perf_counter()
     materialized: set[str] = set()
     batches = []
-    for request in _run_requests(landing_batch_sensor, instance, defs):
+    for request in sensor_requests(landing_batch_sensor, instance, defs):
         batches.append(request.partition_key)
         keys, _, _ = _execute(
             defs, instance, "batch_job", partition_key=request.partition_key, tags=request.tags
@@ -157,7 +146,7 @@ def incremental_worker(root: Path, training: dict) -> dict:
     config = {"ops": {name: {"config": training} for name in RETRAINING_MODEL_OPS}}
     retrain_steps: dict[str, float] = {}
     trainings: dict[str, dict] = {}
-    for request in _run_requests(inference_partition_sensor, instance, defs):
+    for request in sensor_requests(inference_partition_sensor, instance, defs):
         keys, steps, trained = _execute(
             defs,
             instance,

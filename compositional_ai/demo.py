@@ -163,10 +163,11 @@ def _root_cause(error) -> str:
     return error.message.strip()
 
 
-def _sensor_requests(sensor, instance: DagsterInstance, defs: Definitions) -> list[RunRequest]:
-    resources = defs.resources or {}
-    context = build_sensor_context(instance=instance, resources=resources)
-    result = sensor(context)
+def sensor_requests(sensor, instance: DagsterInstance, defs: Definitions) -> list[RunRequest]:
+    """Evaluate a sensor once, as a tick would: add the partitions it asks for, return its runs."""
+    # The context opens the resources that manage their own lifetime (the warehouse's).
+    with build_sensor_context(instance=instance, resources=defs.resources or {}) as context:
+        result = sensor(context)
     if result is None or not hasattr(result, "run_requests"):
         return []
     for request in result.dynamic_partitions_requests or []:
@@ -201,7 +202,7 @@ def run_demo(
     step(REFERENCE_STEP)
     execute_job(defs, instance, "reference_job")
 
-    batch_requests = _sensor_requests(landing_batch_sensor, instance, defs)
+    batch_requests = sensor_requests(landing_batch_sensor, instance, defs)
     registry = defs.resources["model_registry"]
     for request in sorted(batch_requests, key=lambda r: r.partition_key):
         step(f"landing batch {request.partition_key}")
@@ -221,7 +222,7 @@ def run_demo(
                 run_config=ops_config(ops, [SEED_MODEL_OP]),
             )
 
-    for request in _sensor_requests(inference_partition_sensor, instance, defs):
+    for request in sensor_requests(inference_partition_sensor, instance, defs):
         step("retraining on the inference logs")
         execute_job(
             defs,

@@ -125,7 +125,8 @@ def served(demo, tmp_path_factory):
 
 def _run_requests(paths, instance, sensor):
     resources = build_resources(paths)
-    result = sensor(build_sensor_context(instance=instance, resources=resources))
+    with build_sensor_context(instance=instance, resources=resources) as context:
+        result = sensor(context)
     for request in getattr(result, "dynamic_partitions_requests", None) or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return list(getattr(result, "run_requests", None) or []), resources
