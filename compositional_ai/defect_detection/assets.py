@@ -38,6 +38,7 @@ from compositional_ai.repair_service.served_assets import (
 from compositional_ai.repair_service.vision_models import photo_model_asset
 from compositional_ai.resources.warehouse import Warehouse
 from compositional_ai.warehouse.reporting import DEFECTIVE_FROM_LEVEL
+from compositional_ai.warehouse.silver import HOLDOUT_IDENTITIES
 
 DEFECT_MODEL = "defect_detector"
 DEFECT_TRAINING_SET = AssetKey(["defect_detection", "defect_training_set"])
@@ -133,7 +134,7 @@ def defect_rows(
     ins={
         "labels": AssetIn(key=["gold", "confirmed_labels"]),
         "inference_log": AssetIn(key=["repair", "repair_inference_log"]),
-        "holdout": AssetIn(key=["silver", "holdout_photos"]),
+        "holdout": HOLDOUT_IDENTITIES,
     },
     deps=LABEL_SOURCES,
     check_specs=[

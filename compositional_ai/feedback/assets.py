@@ -37,6 +37,7 @@ from compositional_ai.repair_service.served_assets import (
 )
 from compositional_ai.repair_service.vision_models import photo_model_asset
 from compositional_ai.resources.warehouse import Warehouse
+from compositional_ai.warehouse.silver import HOLDOUT_IDENTITIES
 
 # No configuration can let model-proposed labels be more than this share of a training set.
 SELF_LABEL_CEILING = 0.25
@@ -210,7 +211,7 @@ def consumed_lineage(training: pl.DataFrame) -> dict:
     ins={
         "labels": AssetIn(key=["gold", "confirmed_labels"]),
         "inference_log": AssetIn(key=["repair", "repair_inference_log"]),
-        "holdout": AssetIn(key=["silver", "holdout_photos"]),
+        "holdout": HOLDOUT_IDENTITIES,
     },
     deps=LABEL_SOURCES,
     check_specs=label_checks(TRAINING_SET),
@@ -260,7 +261,7 @@ def repair_feedback_training_set(
     asset=repair_feedback_training_set,
     name=NO_HOLDOUT_LEAKAGE,
     blocking=True,
-    additional_ins={"holdout": AssetIn(key=["silver", "holdout_photos"])},
+    additional_ins={"holdout": HOLDOUT_IDENTITIES},
     description="No photo of the evaluation holdout is in the training set.",
 )
 def no_holdout_photos(
@@ -305,6 +306,7 @@ def self_label_share_within_ceiling(repair_feedback_training_set: pl.DataFrame) 
             description="The holdout the seed model is scored on holds technician labels only.",
         ),
     ],
+    # The whole table: an input that is also a spec's dependency cannot carry "columns" metadata.
     ins={
         "seed": AssetIn(key=SEED_TRAINING_SET),
         "holdout": AssetIn(key=["silver", "holdout_photos"]),

@@ -27,6 +27,7 @@ from compositional_ai.resources.model_registry import CHAMPION, ModelRegistry
 from compositional_ai.resources.warehouse import EMPTY_IS_NORMAL_KEY, Warehouse
 from compositional_ai.vision.training import predict_proba
 from compositional_ai.warehouse.partitions import landing_batches
+from compositional_ai.warehouse.silver import HOLDOUT_IDENTITIES
 
 REPAIR_MODEL = "repair_damage_model"
 INFERENCE_BATCH_SIZE = 128
@@ -57,7 +58,7 @@ INFERENCE_LOG_SCHEMA = {
     tags={"role": "training_set"},
     ins={
         "labels": AssetIn(key=["gold", "confirmed_labels"]),
-        "holdout": AssetIn(key=["silver", "holdout_photos"]),
+        "holdout": HOLDOUT_IDENTITIES,
     },
 )
 def repair_seed_training_set(

@@ -9,7 +9,8 @@ start to its end, for jobs made of many short reads and writes (see compositiona
 
 Assets stored here have two-part keys, schema/table. A partitioned asset names its partition
 column in its definition metadata ("partition_column", default "batch"); writing replaces the run's
-partitions in one transaction.
+partitions in one transaction. An input may name the columns it reads in its metadata
+("columns"), so that a step needing a table's keys does not load its blobs.
 """
 
 from collections.abc import Generator, Iterator, Mapping, Sequence
@@ -36,6 +37,7 @@ TABLE_ROWS_KEY = "table_rows"
 PREVIEW_KEY = "preview"
 PARTITION_ROWS_KEY = "partition_rows"
 EMPTY_IS_NORMAL_KEY = "empty_is_normal"
+COLUMNS_KEY = "columns"
 # A run with this tag (value HOLD_FOR_RUN) keeps the warehouse open for its whole length.
 HOLD_TAG = "compositional_ai/warehouse"
 HOLD_FOR_RUN = "held for the run"
@@ -115,6 +117,23 @@ def partition_column_of(definition_metadata: Mapping[str, Any] | None) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"metadata {PARTITION_COLUMN_KEY!r} must be a column name, got {value!r}")
     return value
+
+
+def columns_of(input_metadata: Mapping[str, Any] | None) -> list[str] | None:
+    """The columns an input reads (its "columns" metadata), or None for every column."""
+    value = (input_metadata or {}).get(COLUMNS_KEY)
+    if isinstance(value, dg.MetadataValue):
+        value = value.value
+    if value is None:
+        return None
+    if (
+        isinstance(value, str)
+        or not isinstance(value, Sequence)
+        or not value
+        or not all(isinstance(name, str) and name for name in value)
+    ):
+        raise ValueError(f"metadata {COLUMNS_KEY!r} must be a list of column names, got {value!r}")
+    return list(value)
 
 
 def _flag(metadata: Mapping[str, Any] | None) -> bool:
@@ -211,8 +230,10 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
         context.add_output_metadata(metadata)
 
     def load_input(self, context: dg.InputContext) -> pl.DataFrame:
-        """Read the upstream table: the mapped partitions when partitioned, else every row."""
+        """Read the upstream table (only the input's "columns", when it names them): the mapped
+        partitions when partitioned, else every row."""
         schema, table = table_of(context.asset_key)
+        columns = columns_of(context.definition_metadata)
         upstream = context.upstream_output
         purpose = f"load {schema}/{table}"
         if context.has_asset_partitions:
@@ -226,9 +247,14 @@ class WarehouseIOManager(dg.ConfigurableIOManager):
                 lock_timeout_s=self.lock_timeout_s,
             ) as con:
                 return read_frame(
-                    con, schema, table, partition_column=partition_column, partition_values=keys
+                    con,
+                    schema,
+                    table,
+                    partition_column=partition_column,
+                    partition_values=keys,
+                    columns=columns,
                 )
         with connect_warehouse(
             self.path, purpose=purpose, lock_timeout_s=self.lock_timeout_s
         ) as con:
-            return read_frame(con, schema, table)
+            return read_frame(con, schema, table, columns=columns)

@@ -20,7 +20,7 @@ from dagster import (
 
 from compositional_ai.landing import formats
 from compositional_ai.lib.pseudonym import pseudonym_key_from_env
-from compositional_ai.resources.warehouse import EMPTY_IS_NORMAL_KEY, Warehouse
+from compositional_ai.resources.warehouse import COLUMNS_KEY, EMPTY_IS_NORMAL_KEY, Warehouse
 from compositional_ai.vision.images import STORED_IMAGE_SIZE, decode_gray
 from compositional_ai.warehouse import validation
 from compositional_ai.warehouse.lookups import (
@@ -291,6 +291,13 @@ def product_catalog(context: AssetExecutionContext, bronze_catalog: pl.DataFrame
         }
     )
     return result.clean
+
+
+# The holdout as the steps that keep it out of training sets read it: which photos it holds and
+# whose labels they carry, without the photos themselves.
+HOLDOUT_IDENTITIES = AssetIn(
+    key=["silver", "holdout_photos"], metadata={COLUMNS_KEY: ["sha256", "label_origin"]}
+)
 
 
 def holdout_origin_check(holdout: pl.DataFrame) -> AssetCheckResult:

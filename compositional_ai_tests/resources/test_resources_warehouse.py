@@ -20,12 +20,14 @@ from compositional_ai.lib.locking import (
 )
 from compositional_ai.resources import Warehouse, WarehouseIOManager
 from compositional_ai.resources.warehouse import (
+    COLUMNS_KEY,
     EMPTY_IS_NORMAL_KEY,
     HOLD_FOR_RUN,
     HOLD_TAG,
     PARTITION_ROWS_KEY,
     PREVIEW_KEY,
     TABLE_ROWS_KEY,
+    columns_of,
     partition_column_of,
     partition_row_counts,
     table_of,
@@ -572,3 +574,92 @@ def test_a_held_run_that_fails_gives_the_warehouse_back(database, io_manager, in
     assert "the asset broke" in failure_text(result)
     assert read_holder(lock_path_for(database)) is None
     assert _free_in_other_thread(database)
+
+
+def test_an_input_naming_columns_reads_only_those(database, io_manager, instance):
+    seen: dict[str, list[str]] = {}
+
+    @dg.asset(key_prefix=["silver"], partitions_def=BATCHES)
+    def photos(context: dg.AssetExecutionContext) -> pl.DataFrame:
+        key = context.partition_key
+        return pl.DataFrame(
+            {
+                "batch": [key, key],
+                "sha256": [f"{key}-a", f"{key}-b"],
+                "origin": ["technician", "model"],
+                "content": [b"\x89PNG" * 1000, b"\x89PNG" * 2000],
+            }
+        )
+
+    @dg.asset(
+        key_prefix=["gold"],
+        partitions_def=BATCHES,
+        ins={"photos": dg.AssetIn(key=["silver", "photos"], metadata={COLUMNS_KEY: ["sha256"]})},
+    )
+    def keys_of_batch(photos: pl.DataFrame) -> pl.DataFrame:
+        seen["partitioned"] = photos.columns
+        return photos.with_columns(batch=pl.lit("b2"))
+
+    @dg.asset(
+        key_prefix=["gold"],
+        ins={
+            "photos": dg.AssetIn(
+                key=["silver", "photos"], metadata={COLUMNS_KEY: ["origin", "sha256"]}
+            )
+        },
+    )
+    def every_key(photos: pl.DataFrame) -> pl.DataFrame:
+        seen["all"] = photos.columns
+        return photos.sort("sha256")
+
+    for key in ("b1", "b2"):
+        assert run([photos], io_manager, instance, partition_key=key).success
+    assert run([photos, keys_of_batch], io_manager, instance, partition_key="b2").success
+    assert run([photos, every_key], io_manager, instance, selection=[every_key]).success
+
+    assert seen == {"partitioned": ["sha256"], "all": ["origin", "sha256"]}
+    assert sql(database, "select batch, sha256 from gold.keys_of_batch order by 2") == [
+        ("b2", "b2-a"),
+        ("b2", "b2-b"),
+    ]
+    assert sql(database, "select sha256, origin from gold.every_key") == [
+        ("b1-a", "technician"),
+        ("b1-b", "model"),
+        ("b2-a", "technician"),
+        ("b2-b", "model"),
+    ]
+
+
+def test_an_input_naming_a_missing_column_fails_with_the_table_s_columns(
+    database, io_manager, instance
+):
+    @dg.asset(key_prefix=["silver"])
+    def photos() -> pl.DataFrame:
+        return pl.DataFrame({"sha256": ["a"], "content": [b"x"]})
+
+    @dg.asset(
+        key_prefix=["gold"],
+        ins={"photos": dg.AssetIn(key=["silver", "photos"], metadata={COLUMNS_KEY: ["shasum"]})},
+    )
+    def keys(photos: pl.DataFrame) -> pl.DataFrame:
+        return photos
+
+    assert run([photos], io_manager, instance).success
+    text = failure_text(
+        run([photos, keys], io_manager, instance, selection=[keys], raise_on_error=False)
+    )
+    assert "silver.photos has no column(s) ['shasum']" in text
+    assert "['sha256', 'content']" in text
+
+
+@pytest.mark.parametrize("value", ["sha256", [], [""], ["sha256", 3], {"sha256": 1}, 5])
+def test_columns_metadata_must_be_a_list_of_names(value):
+    with pytest.raises(ValueError, match="must be a list of column names"):
+        columns_of({COLUMNS_KEY: value})
+
+
+def test_columns_metadata_is_optional():
+    assert columns_of(None) is None
+    assert columns_of({"other": 1}) is None
+    assert columns_of({COLUMNS_KEY: ("a", "b")}) == ["a", "b"]
+    assert columns_of({COLUMNS_KEY: dg.MetadataValue.json(["a"])}) == ["a"]
