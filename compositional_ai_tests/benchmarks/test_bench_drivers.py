@@ -81,6 +81,24 @@ def test_p2_says_which_downstream_assets_were_left_stale(stale, note):
     assert p2_incremental._stale_note(stale) == note
 
 
+def test_p2_counts_the_retraining_steps_that_rebuild_gold_and_the_training_sets(tmp_path):
+    from compositional_ai.definitions import build_definitions
+    from compositional_ai.settings import DataPaths
+
+    defs = build_definitions(DataPaths(tmp_path))
+    graph = defs.resolve_asset_graph()
+    steps = {node.name: 1.0 for node in defs.resolve_job_def("retraining_job").graph.nodes}
+    rebuilt = {
+        "__".join(key.path)
+        for key in graph.get_all_asset_keys()
+        if key.path[0] == "gold" or graph.get(key).tags.get("role") == "training_set"
+    } & set(steps)
+    assert {"gold__damage_labels", "feedback__repair_feedback_training_set"} <= rebuilt
+    assert p2_incremental.rebuilt_from_history(steps) == len(rebuilt)
+    steps["gold__damage_labels"] = 2.5
+    assert p2_incremental.rebuilt_from_history(steps) == len(rebuilt) + 1.5
+
+
 def test_p4_demo_size_is_the_trainings_default():
     assert p4_inference.DEMO_IMAGE_SIZE == VisionTrainingConfig().image_size
     assert p4_inference.DEMO_WIDTH == VisionTrainingConfig().width
