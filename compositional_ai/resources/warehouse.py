@@ -64,19 +64,22 @@ def held_for_run(
         yield
 
 
-class Warehouse(dg.ConfigurableResource):
+class HeldForTaggedRuns:
+    """For the warehouse's resources (which have `path` and `lock_timeout_s`): in a run tagged
+    HOLD_TAG, the file stays open from the resource's set-up to its teardown."""
+
+    @contextmanager
+    def yield_for_execution(self, context: dg.InitResourceContext) -> Generator[Any, None, None]:
+        with held_for_run(context, self.path, self.lock_timeout_s):
+            with super().yield_for_execution(context) as resource:
+                yield resource
+
+
+class Warehouse(HeldForTaggedRuns, dg.ConfigurableResource):
     """The DuckDB warehouse file, reached through short-lived connections under a lock."""
 
     path: str
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
-
-    @contextmanager
-    def yield_for_execution(
-        self, context: dg.InitResourceContext
-    ) -> Generator["Warehouse", None, None]:
-        with held_for_run(context, self.path, self.lock_timeout_s):
-            with super().yield_for_execution(context) as resource:
-                yield resource
 
     @contextmanager
     def connect(self, purpose: str) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -165,19 +168,11 @@ def partition_row_counts(
     return {key: int(found.get(key, 0)) for key in keys}
 
 
-class WarehouseIOManager(dg.ConfigurableIOManager):
+class WarehouseIOManager(HeldForTaggedRuns, dg.ConfigurableIOManager):
     """Stores polars frames as warehouse tables: asset schema/table, partitions replaced whole."""
 
     path: str
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
-
-    @contextmanager
-    def yield_for_execution(
-        self, context: dg.InitResourceContext
-    ) -> Generator["WarehouseIOManager", None, None]:
-        with held_for_run(context, self.path, self.lock_timeout_s):
-            with super().yield_for_execution(context) as resource:
-                yield resource
 
     def handle_output(self, context: dg.OutputContext, obj: pl.DataFrame) -> None:
         """Write the asset's frame, replacing the run's partitions (or the whole table)."""
