@@ -10,6 +10,7 @@ from compositional_ai.landing import formats
 from compositional_ai.resources.landing import LandingArea
 from compositional_ai.warehouse.partitions import landing_batches
 from compositional_ai.warehouse.sensors import (
+    MAX_ATTEMPTS,
     PARTITION_NAME_TAG,
     batch_run_key,
     landing_batch_sensor,
@@ -141,3 +142,54 @@ def test_a_folder_that_cannot_be_a_partition_key_is_skipped_not_fatal(tmp_path, 
     requests, _, _ = _tick(instance, landing, None)
 
     assert [r.partition_key for r in requests] == ["2026-01-05"]
+
+
+def test_a_batch_whose_runs_failed_is_requested_again_a_few_times(tmp_path, instance):
+    landing = LandingArea(root=str(tmp_path))
+    _land(tmp_path, "2026-01-05")
+    _land(tmp_path, "2026-01-12")
+    first, cursor, _ = _tick(instance, landing, None)
+    assert [r.run_key for r in first] == [batch_run_key("2026-01-05"), batch_run_key("2026-01-12")]
+    _batch_run(instance, "2026-01-12", DagsterRunStatus.SUCCESS)
+
+    keys = []
+    for _ in range(MAX_ATTEMPTS - 1):
+        _batch_run(instance, "2026-01-05", DagsterRunStatus.FAILURE)
+        again, cursor, _ = _tick(instance, landing, cursor)
+        assert [r.partition_key for r in again] == ["2026-01-05"]
+        keys.append(again[0].run_key)
+        # Until the requested run exists, a tick asks again under the same key: Dagster runs a
+        # run key once, so the batch gets one run per failure, not one per tick.
+        waiting, cursor, _ = _tick(instance, landing, cursor)
+        assert [r.run_key for r in waiting] == [again[0].run_key]
+    assert keys == [f"landing-batch:2026-01-05:attempt-{n}" for n in range(2, MAX_ATTEMPTS + 1)]
+
+    _batch_run(instance, "2026-01-05", DagsterRunStatus.CANCELED)
+    given_up, _, skip = _tick(instance, landing, cursor)
+    assert given_up == [] and skip is not None
+
+
+def test_a_failed_batch_that_a_later_run_ingested_is_not_requested_again(tmp_path, instance):
+    landing = LandingArea(root=str(tmp_path))
+    _land(tmp_path, "2026-01-05")
+    _, cursor, _ = _tick(instance, landing, None)
+    _batch_run(instance, "2026-01-05", DagsterRunStatus.FAILURE)
+    _batch_run(instance, "2026-01-05", DagsterRunStatus.SUCCESS)
+
+    requests, _, skip = _tick(instance, landing, cursor)
+
+    assert requests == [] and "none new" in skip.skip_message
+
+
+def test_a_never_ingested_partition_with_a_failed_run_gets_a_fresh_run_key(tmp_path, instance):
+    # The cursor was lost (a new instance of the sensor) and the only run of the batch failed:
+    # its first run key is spent, so the request carries the next one.
+    landing = LandingArea(root=str(tmp_path))
+    _land(tmp_path, "2026-01-05")
+    instance.add_dynamic_partitions(landing_batches.name, ["2026-01-05"])
+    _batch_run(instance, "2026-01-05", DagsterRunStatus.FAILURE)
+
+    requests, cursor, _ = _tick(instance, landing, None)
+
+    assert [r.run_key for r in requests] == ["landing-batch:2026-01-05:attempt-2"]
+    assert json.loads(cursor) == ["2026-01-05"]
