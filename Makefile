@@ -27,9 +27,12 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/compositional-ai demo
 
+# The Dagster UI's port on 127.0.0.1: `make dev DAGSTER_PORT=3100` when 3000 is taken.
+DAGSTER_PORT ?= 3000
+
 dev: setup
 	$(BIN)/compositional-ai init-home
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p $(DAGSTER_PORT) -w workspace.yaml
 
 # The models' figures on the published protocols, from the packaged data alone.
 evaluate: setup

@@ -15,6 +15,7 @@ type names DuckDB itself reports for the frame, which it renders with nested nam
 """
 
 import re
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -27,6 +28,10 @@ import polars as pl
 from compositional_ai.lib.locking import InterProcessLock
 
 DEFAULT_LOCK_TIMEOUT_S = 900.0
+# A process that opened the file without our lock (the duckdb CLI, a notebook) holds DuckDB's
+# own lock on it, and DuckDB refuses every other process at once; we poll for it to let go.
+FOREIGN_LOCK_POLL_S = 0.05
+FOREIGN_LOCK_ERROR = "Could not set lock on file"
 
 # A frame column that is NULL in every row (pl.Null) carries no type; it is created with this one,
 # fits any stored column, and a stored column holding only NULLs takes the next real type.
@@ -215,13 +220,33 @@ def connect_warehouse(
     database = Path(path).expanduser()
     database.parent.mkdir(parents=True, exist_ok=True)
     with InterProcessLock(database, timeout_s=lock_timeout_s, purpose=purpose):
-        con = duckdb.connect(str(database))
+        con = open_duckdb(database, timeout_s=lock_timeout_s)
         try:
             # Time-zone-aware columns read back in UTC, whatever the machine's zone.
             con.execute("SET TimeZone = 'UTC'")
             yield con
         finally:
             con.close()
+
+
+def open_duckdb(database: Path, *, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """Open the file read-write, waiting up to timeout_s for a process outside our lock."""
+    started = time.monotonic()
+    while True:
+        try:
+            return duckdb.connect(str(database))
+        except duckdb.IOException as error:
+            waited = time.monotonic() - started
+            if FOREIGN_LOCK_ERROR not in str(error):
+                raise
+            if waited >= timeout_s:
+                error.add_note(
+                    f"waited {waited:.1f} s for that process to close {database}; it opened the "
+                    f"file without compositional-ai's lock (close it, or query through "
+                    f"Warehouse.query or the compositional-ai command)"
+                )
+                raise
+            time.sleep(min(FOREIGN_LOCK_POLL_S, max(0.0, timeout_s - waited)))
 
 
 @contextmanager
@@ -242,7 +267,7 @@ def hold_warehouse(
     database = Path(path).expanduser()
     database.parent.mkdir(parents=True, exist_ok=True)
     with InterProcessLock(database, timeout_s=lock_timeout_s, purpose=purpose):
-        anchor = duckdb.connect(str(database))
+        anchor = open_duckdb(database, timeout_s=lock_timeout_s)
         try:
             yield
         finally:

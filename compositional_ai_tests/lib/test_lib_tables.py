@@ -1,6 +1,7 @@
 import datetime as dt
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -579,3 +580,62 @@ def test_a_write_committed_inside_a_killed_hold_survives(tmp_path: Path):
     assert holder.returncode == -signal.SIGKILL
     with connect_warehouse(path, purpose="after the kill", lock_timeout_s=5) as con:
         assert rows(con, "SELECT batch, value FROM silver.t") == [("w1", 11)]
+
+
+# Opens the warehouse at argv[1] read-only with plain DuckDB (no lock of ours), as the duckdb
+# command line or a notebook would, says so, holds it for argv[2] seconds and closes it.
+RAW_READER = r"""
+import sys
+import time
+import duckdb
+
+con = duckdb.connect(sys.argv[1], read_only=True)
+print("open", flush=True)
+time.sleep(float(sys.argv[2]))
+con.close()
+print("closed", flush=True)
+"""
+
+
+def _raw_reader(path: Path, hold_s: float) -> subprocess.Popen:
+    reader = _other_process(RAW_READER, str(path), str(hold_s))
+    assert reader.stdout.readline().strip() == "open"
+    return reader
+
+
+def test_a_process_outside_our_lock_is_waited_for(tmp_path: Path):
+    path = tmp_path / "warehouse.duckdb"
+    with connect_warehouse(path, purpose="create") as con:
+        write_batch(con, "w1", [1])
+    reader = _raw_reader(path, 1.0)
+    started = time.monotonic()
+    with hold_warehouse(path, purpose="demo run", lock_timeout_s=30):
+        waited = time.monotonic() - started
+        with connect_warehouse(path, purpose="materialize silver/t") as con:
+            write_batch(con, "w2", [2])
+    assert reader.communicate(timeout=30)[0].strip() == "closed"
+    # It opened only once the other process had let go, a little under a second after asking.
+    assert 0.3 < waited < 20
+    with connect_warehouse(path, purpose="check") as con:
+        assert rows(con, "SELECT batch, value FROM silver.t ORDER BY value") == [
+            ("w1", 1),
+            ("w2", 2),
+        ]
+
+
+def test_a_process_outside_our_lock_for_too_long_is_named(tmp_path: Path):
+    path = tmp_path / "warehouse.duckdb"
+    with connect_warehouse(path, purpose="create") as con:
+        write_batch(con, "w1", [1])
+    reader = _raw_reader(path, 5.0)
+    try:
+        with pytest.raises(duckdb.IOException) as raised:
+            with connect_warehouse(path, purpose="query", lock_timeout_s=0.3):
+                pass
+    finally:
+        reader.kill()
+        reader.communicate(timeout=30)
+    assert f"PID {reader.pid}" in str(raised.value)
+    (note,) = raised.value.__notes__
+    assert re.match(r"waited \d+\.\d s for that process to close", note)
+    assert str(path) in note
