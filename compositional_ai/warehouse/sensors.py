@@ -36,37 +36,32 @@ def batch_run_key(batch: str, attempt: int = 1) -> str:
 PARTITION_NAME_TAG = "dagster/partition"
 
 
-def ingested_or_in_flight(instance: DagsterInstance, batches: Iterable[str]) -> set[str]:
-    """The batches among `batches` that a `batch_job` run ingested or is ingesting.
-
-    A partition alone says nothing: the demo adds every new batch's partition before it runs
-    the first, so an interrupted demo leaves partitions that no run ever ingested."""
-    wanted = sorted(set(batches))
-    if not wanted:
-        return set()
-    records = instance.get_run_records(
-        filters=RunsFilter(
-            job_name=batch_job.name,
-            statuses=DONE_OR_UNDER_WAY,
-            tags={PARTITION_NAME_TAG: wanted},
-        )
-    )
-    return {record.dagster_run.tags.get(PARTITION_NAME_TAG) for record in records} & set(wanted)
-
-
-def failed_runs(instance: DagsterInstance, batches: Iterable[str]) -> Counter[str]:
-    """How many `batch_job` runs of each of `batches` failed or were canceled."""
+def batch_runs(
+    instance: DagsterInstance, batches: Iterable[str], statuses: list[DagsterRunStatus]
+) -> Counter[str]:
+    """How many `batch_job` runs of each of `batches` are in one of `statuses`."""
     wanted = sorted(set(batches))
     if not wanted:
         return Counter()
     records = instance.get_run_records(
         filters=RunsFilter(
-            job_name=batch_job.name,
-            statuses=[DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED],
-            tags={PARTITION_NAME_TAG: wanted},
+            job_name=batch_job.name, statuses=statuses, tags={PARTITION_NAME_TAG: wanted}
         )
     )
     return Counter(record.dagster_run.tags.get(PARTITION_NAME_TAG) for record in records)
+
+
+def ingested_or_in_flight(instance: DagsterInstance, batches: Iterable[str]) -> set[str]:
+    """The batches among `batches` that a `batch_job` run ingested or is ingesting.
+
+    A partition alone says nothing: the demo adds every new batch's partition before it runs
+    the first, so an interrupted demo leaves partitions that no run ever ingested."""
+    return set(batch_runs(instance, batches, DONE_OR_UNDER_WAY))
+
+
+def failed_runs(instance: DagsterInstance, batches: Iterable[str]) -> Counter[str]:
+    """How many `batch_job` runs of each of `batches` failed or were canceled."""
+    return batch_runs(instance, batches, [DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED])
 
 
 @sensor(job=batch_job, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
