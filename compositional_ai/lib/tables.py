@@ -14,6 +14,7 @@ Identifiers are always quoted; values are always bound parameters. Column types 
 type names DuckDB itself reports for the frame, which it renders with nested names quoted.
 """
 
+import logging
 import re
 import time
 import uuid
@@ -26,6 +27,8 @@ import duckdb
 import polars as pl
 
 from compositional_ai.lib.locking import InterProcessLock
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT_S = 900.0
 # A process that opened the file without our lock (the duckdb CLI, a notebook) holds DuckDB's
@@ -232,6 +235,7 @@ def connect_warehouse(
 def open_duckdb(database: Path, *, timeout_s: float) -> duckdb.DuckDBPyConnection:
     """Open the file read-write, waiting up to timeout_s for a process outside our lock."""
     started = time.monotonic()
+    logged = False
     while True:
         try:
             return duckdb.connect(str(database))
@@ -239,6 +243,9 @@ def open_duckdb(database: Path, *, timeout_s: float) -> duckdb.DuckDBPyConnectio
             waited = time.monotonic() - started
             if FOREIGN_LOCK_ERROR not in str(error):
                 raise
+            if not logged:
+                logged = True
+                logger.warning("waiting for another process to close %s: %s", database, error)
             if waited >= timeout_s:
                 error.add_note(
                     f"waited {waited:.1f} s for that process to close {database}; it opened the "

@@ -603,7 +603,7 @@ def _raw_reader(path: Path, hold_s: float) -> subprocess.Popen:
     return reader
 
 
-def test_a_process_outside_our_lock_is_waited_for(tmp_path: Path):
+def test_a_process_outside_our_lock_is_waited_for(tmp_path: Path, caplog):
     path = tmp_path / "warehouse.duckdb"
     with connect_warehouse(path, purpose="create") as con:
         write_batch(con, "w1", [1])
@@ -614,8 +614,13 @@ def test_a_process_outside_our_lock_is_waited_for(tmp_path: Path):
         with connect_warehouse(path, purpose="materialize silver/t") as con:
             write_batch(con, "w2", [2])
     assert reader.communicate(timeout=30)[0].strip() == "closed"
-    # It opened only once the other process had let go, a little under a second after asking.
+    # It opened only once the other process had let go, a little under a second after asking,
+    # and said once, naming that process, why it waited.
     assert 0.3 < waited < 20
+    waits = [
+        r.getMessage() for r in caplog.records if "waiting for another process" in r.getMessage()
+    ]
+    assert len(waits) == 1 and f"PID {reader.pid}" in waits[0]
     with connect_warehouse(path, purpose="check") as con:
         assert rows(con, "SELECT batch, value FROM silver.t ORDER BY value") == [
             ("w1", 1),
